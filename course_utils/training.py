@@ -1,0 +1,333 @@
+"""Training and evaluation: SGD with a base learning rate, a lower rate for the pretrained part, steps or epochs.
+
+Explained in notebooks ``01_why_finetune`` (training), ``03_learning_rate`` (base rate, the 10x rule,
+per-layer rates) and ``04_freezing``. The papers (Maybury 2015, Chu et al. 2016) use Caffe's SGD with
+momentum 0.9 and count *iterations*, so ``train`` accepts ``steps`` as well as ``epochs``.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import Callable, Sequence
+
+import keras
+import numpy as np
+
+from course_utils.data import ImageSet, make_batches
+from course_utils.surgery import is_new_layer
+
+Preprocess = Callable[[np.ndarray], np.ndarray]
+
+
+@keras.saving.register_keras_serializable(package="course_utils")
+class LayerwiseSGD(keras.optimizers.SGD):
+    """SGD whose learning rate is multiplied per variable: Caffe's ``lr_mult`` (notebook ``03_learning_rate``).
+
+    ``multipliers`` maps a layer name to a factor; a variable whose path starts with ``<layer name>/``
+    gets ``learning_rate * factor``. Other variables use the base rate. Multiplying the rate (not the
+    gradient) keeps momentum exact, on every Keras backend.
+    """
+
+    def __init__(self, learning_rate: float = 0.01, momentum: float = 0.9,
+                 multipliers: dict[str, float] | None = None, **kwargs):
+        super().__init__(learning_rate=learning_rate, momentum=momentum, **kwargs)
+        self.multipliers = dict(multipliers or {})
+        self._factors: list[float] = []
+
+    def build(self, variables):
+        super().build(variables)
+        self._factors = [self.multipliers.get(v.path.split("/")[0], 1.0) for v in variables]
+
+    def update_step(self, gradient, variable, learning_rate):
+        factor = self._factors[self._get_variable_index(variable)] if self._factors else 1.0
+        if factor != 1.0:
+            learning_rate = keras.ops.multiply(learning_rate, factor)
+        super().update_step(gradient, variable, learning_rate)
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "multipliers": self.multipliers}
+
+
+def make_optimizer(model: keras.Model, lr: float, backbone_lr: float | None = None,
+                   momentum: float = 0.9) -> keras.optimizers.Optimizer:
+    """SGD at ``lr`` for the new layers and ``backbone_lr`` (default: the same) for the pretrained ones."""
+    if lr <= 0 or (backbone_lr is not None and backbone_lr < 0):
+        raise ValueError(f"Learning rates must be positive, got lr={lr}, backbone_lr={backbone_lr}.")
+    if backbone_lr is None or backbone_lr == lr:
+        return keras.optimizers.SGD(learning_rate=lr, momentum=momentum)
+    factor = backbone_lr / lr
+    mults = {layer.name: factor for layer in model.layers if layer.weights and not is_new_layer(layer.name)}
+    return LayerwiseSGD(learning_rate=lr, momentum=momentum, multipliers=mults)
+
+
+def compile_classifier(model: keras.Model, lr: float, backbone_lr: float | None = None) -> keras.Model:
+    """Compile with SGD, sparse categorical cross-entropy and accuracy."""
+    model.compile(optimizer=make_optimizer(model, lr, backbone_lr),
+                  loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    return model
+
+
+def schedule(n_train: int, batch_size: int, steps: int | None, epochs: int | None) -> tuple[int, int]:
+    """(epochs, steps_per_epoch) that give about ``steps`` updates, or ``epochs`` full passes."""
+    if (steps is None) == (epochs is None):
+        raise ValueError("Give exactly one of steps (iterations, as the papers count) or epochs.")
+    per_epoch = max(1, math.ceil(n_train / batch_size))
+    if epochs is not None:
+        if epochs < 1:
+            raise ValueError(f"epochs must be >= 1, got {epochs}")
+        return int(epochs), per_epoch
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    n_epochs = max(1, round(steps / per_epoch))
+    return n_epochs, math.ceil(steps / n_epochs)
+
+
+def train(model: keras.Model, train_set: ImageSet, preprocess: Preprocess, lr: float = 0.01,
+          backbone_lr: float | None = None, steps: int | None = None, epochs: int | None = None,
+          val_set: ImageSet | None = None, batch_size: int = 32, augment: bool = False, seed: int = 0,
+          verbose: int = 0, callbacks: Sequence[keras.callbacks.Callback] = ()) -> keras.callbacks.History:
+    """Compile and ``fit`` a classifier on an ``ImageSet``; ``history.history`` has loss/accuracy per epoch.
+
+    ``backbone_lr`` sets a different rate for the pretrained layers (F. Yu: about 10x lower than the new
+    head's). Freeze first (``surgery.freeze``): ``train`` compiles, so ``trainable`` flags are read here.
+    """
+    n_epochs, per_epoch = schedule(len(train_set.labels), batch_size, steps, epochs)
+    compile_classifier(model, lr, backbone_lr)
+    data = make_batches(train_set.images, train_set.labels, preprocess, batch_size=batch_size,
+                        shuffle=True, augment=augment, seed=seed)
+    data = _repeat(data)
+    val = None
+    if val_set is not None:
+        val = make_batches(val_set.images, val_set.labels, preprocess, batch_size=batch_size)
+    return model.fit(data, epochs=n_epochs, steps_per_epoch=per_epoch, validation_data=val,
+                     verbose=verbose, callbacks=list(callbacks), shuffle=False)  # the pipeline shuffles
+
+
+def _repeat(data):
+    """Repeat a tf.data pipeline so ``steps_per_epoch`` may exceed one pass; PyDatasets loop by themselves."""
+    return data.repeat() if hasattr(data, "repeat") else data
+
+
+def predict_proba(model: keras.Model, images: np.ndarray, preprocess: Preprocess,
+                  batch_size: int = 64) -> np.ndarray:
+    """Class probabilities for uint8 images, batch by batch."""
+    data = make_batches(images, np.zeros(len(images), dtype="int64"), preprocess, batch_size=batch_size)
+    return np.asarray(model.predict(data, verbose=0))
+
+
+def classification_report(y_true: np.ndarray, y_pred: np.ndarray, classes: Sequence[str]) -> dict:
+    """Accuracy, per-class accuracy (recall) and the confusion matrix, as plain Python for JSON."""
+    from sklearn.metrics import confusion_matrix
+
+    cm = confusion_matrix(y_true, y_pred, labels=range(len(classes)))
+    totals = cm.sum(axis=1)
+    per_class = {c: (float(cm[i, i] / totals[i]) if totals[i] else float("nan"))
+                 for i, c in enumerate(classes)}
+    return {"accuracy": float(np.mean(np.asarray(y_true) == np.asarray(y_pred))),
+            "per_class_accuracy": per_class, "confusion_matrix": cm.tolist(),
+            "classes": list(classes), "n_test": int(len(y_true))}
+
+
+def evaluate(model: keras.Model, test_set: ImageSet, preprocess: Preprocess, batch_size: int = 64) -> dict:
+    """``classification_report`` of ``model`` on ``test_set``."""
+    probs = predict_proba(model, test_set.images, preprocess, batch_size)
+    return classification_report(test_set.labels, probs.argmax(axis=1), test_set.classes)
+
+
+class Timer:
+    """``with Timer() as t: ...``; then ``t.seconds``."""
+
+    def __enter__(self) -> "Timer":
+        self.start = time.perf_counter()
+        self.seconds = 0.0
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.seconds = time.perf_counter() - self.start
+
+
+# --------------------------------------------------------------------------------------------------
+# Cached activations and sweeps (notebooks 04_freezing, 05_bottleneck_features, 06_extension_layers)
+
+
+def activations(part: keras.Model, data: ImageSet | np.ndarray, preprocess: Preprocess | None = None,
+                batch_size: int = 64) -> np.ndarray:
+    """Outputs of ``part`` (e.g. a prefix from ``surgery.split_at_block``) for an ``ImageSet`` (preprocessed
+    with ``preprocess``) or for an array of earlier activations, as float32 numpy (notebook ``04_freezing``)."""
+    if isinstance(data, ImageSet):
+        if preprocess is None:
+            raise ValueError("pass the backbone's preprocess function to compute activations of images")
+        data = make_batches(data.images, data.labels, preprocess, batch_size=batch_size)
+        return np.asarray(part.predict(data, verbose=0), dtype="float32")
+    return np.asarray(part.predict(np.asarray(data), batch_size=batch_size, verbose=0), dtype="float32")
+
+
+def fit_arrays(model: keras.Model, x: np.ndarray, y: np.ndarray, lr: float = 0.01,
+               backbone_lr: float | None = None, epochs: int | None = None, steps: int | None = None,
+               batch_size: int = 32, verbose: int = 0) -> keras.callbacks.History:
+    """Compile (SGD, as ``train``) and fit on in-memory arrays: cached activations or features.
+
+    ``steps`` gives about that many updates in whole passes (``schedule``), so tiny training sets still get
+    the same number of updates as large ones (notebooks ``04``–``06``). Seed first
+    (``settings.seed_everything``): the shuffling follows the Keras seed.
+    """
+    batch_size = max(1, min(batch_size, len(y)))
+    n_epochs, _ = schedule(len(y), batch_size, steps, epochs)
+    compile_classifier(model, lr, backbone_lr)
+    return model.fit(x, y, batch_size=batch_size, epochs=n_epochs, shuffle=True, verbose=verbose)
+
+
+def freeze_depth_sweep(model: keras.Model, split, preprocess: Preprocess,
+                       train_last: Sequence[int | None] = (0, 1, 2, 4, None), epochs: int = 3,
+                       lr: float = 0.01, backbone_lr: float | None = None, batch_size: int = 32,
+                       bn: str = "inference", head_epochs: int = 0, seed: int = 0,
+                       max_cache_mb: float = 1024.0, verbose: int = 0) -> list[dict]:
+    """Fine-tune ``model`` (from ``surgery.replace_head``) once per entry of ``train_last`` and evaluate
+    each on ``split.test`` (notebook ``04_freezing``: Maybury's "last layers" vs all, Chu's F vs T).
+
+    ``train_last=k`` trains the last ``k`` blocks plus the new layers (``surgery.freeze``); ``0`` is the
+    frozen network with a new head (Chu's F(1-7)R(8)), ``None`` every block (T(1-7)R(8)). Every run starts
+    from the same weights: the pretrained backbone and a new head that, when ``head_epochs`` > 0, was first
+    trained alone for that many epochs on the frozen features (the "head first, then unfreeze" recipe).
+    Each run then trains ``epochs`` epochs at ``lr`` for the new layers and ``backbone_lr`` (default: ``lr``)
+    for the pretrained ones, with BatchNorm mode ``bn``.
+
+    Speed: the frozen blocks before the deepest partial run are computed once per image and the trained
+    part learns from those cached activations (exactly equivalent: nothing in a frozen prefix changes while
+    training when there is no augmentation); runs that train every block go through the images. The cache
+    is skipped when it would exceed ``max_cache_mb``.
+
+    Returns one row per run: ``train_last``, ``first_trained`` (block), ``trainable`` and ``non_trainable``
+    parameter counts, test ``accuracy``, last-epoch ``train_accuracy``, training ``seconds``, ``path``
+    ("cached" or "images"), ``bn``, ``batch_size`` and ``bn_drift`` (``surgery.batchnorm_drift`` per layer).
+    ``model`` is left with the starting weights and a frozen backbone.
+    """
+    from course_utils import surgery
+    from course_utils.backbones import block_names
+    from course_utils.settings import seed_everything
+
+    blocks = block_names(model)
+    n_blocks = len(blocks)
+    ks = [n_blocks if k is None else int(k) for k in train_last]
+    if any(k < 0 or k > n_blocks for k in ks):
+        raise ValueError(f"train_last values must be between 0 and {n_blocks} (or None for all), got {list(train_last)}")
+    backbone_lr = lr if backbone_lr is None else backbone_lr
+    y_train, y_test = split.train.labels, split.test.labels
+    seed_everything(seed)
+    surgery.freeze(model)
+    partial = [k for k in ks if k < n_blocks]
+    cache_k = max(partial) if partial else None
+    suffix = x_train = x_test = None
+    if cache_k is not None:
+        prefix, suffix = surgery.split_at_block(model, blocks[n_blocks - max(cache_k, 1)])
+        per_image = float(np.prod(prefix.output.shape[1:])) * 4 / 2**20
+        if per_image * (len(y_train) + len(y_test)) <= max_cache_mb:
+            x_train = activations(prefix, split.train, preprocess)
+            x_test = activations(prefix, split.test, preprocess)
+        else:
+            suffix = None
+    if head_epochs:
+        features_part, new_part = surgery.split_before_new_layers(suffix if suffix is not None else model)
+        feats = activations(features_part, x_train if suffix is not None else split.train, preprocess)
+        fit_arrays(new_part, feats, y_train, lr, epochs=head_epochs, batch_size=batch_size)
+    start = model.get_weights()
+    rows = []
+    for k in ks:
+        model.set_weights(start)
+        seed_everything(seed)
+        counts = surgery.freeze(model, train_last=k, bn=bn)
+        before = surgery.batchnorm_moving_stats(model)
+        cached = suffix is not None and k <= cache_k
+        with Timer() as timer:
+            if cached:
+                history = fit_arrays(suffix, x_train, y_train, lr, backbone_lr, epochs=epochs,
+                                     batch_size=batch_size, verbose=verbose)
+            else:
+                history = train(model, split.train, preprocess, lr=lr, backbone_lr=backbone_lr, epochs=epochs,
+                                batch_size=batch_size, seed=seed, verbose=verbose)
+        if cached:
+            probs = np.asarray(suffix.predict(x_test, batch_size=64, verbose=0))
+        else:
+            probs = predict_proba(model, split.test.images, preprocess)
+        report = classification_report(y_test, probs.argmax(axis=1), split.test.classes)
+        rows.append({
+            "train_last": k, "first_trained": blocks[n_blocks - k] if k else "(new layers only)",
+            "trainable": counts["trainable"], "non_trainable": counts["non_trainable"],
+            "accuracy": report["accuracy"], "train_accuracy": float(history.history["accuracy"][-1]),
+            "seconds": round(timer.seconds, 2), "path": "cached" if cached else "images", "bn": bn,
+            "batch_size": batch_size,
+            "bn_drift": surgery.batchnorm_drift(before, surgery.batchnorm_moving_stats(model)),
+        })
+    model.set_weights(start)
+    surgery.freeze(model)
+    return rows
+
+
+def per_class_finetune_sweep(model: keras.Model, split, preprocess: Preprocess, per_class: Sequence[int],
+                             seeds: Sequence[int], train_last: int = 2, steps: int = 60, lr: float = 0.01,
+                             backbone_lr: float | None = None, batch_size: int = 16) -> list[list[float]]:
+    """Test accuracy of fine-tuning the last ``train_last`` blocks + the new head on ``n`` images per class,
+    for each ``n`` in ``per_class`` and each seed (notebook ``05_bottleneck_features``).
+
+    The ``n`` images are ``data.stratified_sample(split.train.labels, n, seed)``, the same ones
+    ``features.probe_sweep`` uses, so probes and fine-tuning see the same images. Every run starts from
+    ``model``'s weights and makes about ``steps`` SGD updates (so small sets are not under-trained), on
+    cached activations of the frozen blocks (exact: no augmentation, BatchNorm in inference mode).
+    Returns ``accuracies[i][j]`` for ``per_class[i]`` and ``seeds[j]``, the format of
+    ``plots.sweep_curve``.
+    """
+    from course_utils import surgery
+    from course_utils.backbones import block_names
+    from course_utils.data import stratified_sample
+    from course_utils.settings import seed_everything
+
+    blocks = block_names(model)
+    if not 0 <= train_last < len(blocks):
+        raise ValueError(f"train_last must be between 0 and {len(blocks) - 1}, got {train_last}")
+    start = model.get_weights()
+    surgery.freeze(model)
+    prefix, suffix = surgery.split_at_block(model, blocks[len(blocks) - max(train_last, 1)])
+    x_pool = activations(prefix, split.train, preprocess)
+    x_test = activations(prefix, split.test, preprocess)
+    y_pool = split.train.labels
+    results = []
+    for n in per_class:
+        accs = []
+        for seed in seeds:
+            idx = stratified_sample(y_pool, int(n), seed)
+            model.set_weights(start)
+            seed_everything(seed)
+            surgery.freeze(model, train_last=train_last)
+            fit_arrays(suffix, x_pool[idx], y_pool[idx], lr, backbone_lr, steps=steps, batch_size=batch_size)
+            probs = np.asarray(suffix.predict(x_test, batch_size=64, verbose=0))
+            accs.append(float(np.mean(probs.argmax(axis=1) == split.test.labels)))
+        results.append(accs)
+    model.set_weights(start)
+    surgery.freeze(model)
+    return results
+
+
+def train_head_on_features(train_features: np.ndarray, train_labels: np.ndarray, test_features: np.ndarray,
+                           test_labels: np.ndarray, classes: Sequence[str], extension_units: Sequence[int] = (),
+                           epochs: int | None = None, steps: int | None = None, lr: float = 0.01,
+                           batch_size: int = 32, dropout: float = 0.2, seed: int = 0) -> tuple[keras.Model, dict]:
+    """Train the layers ``replace_head`` would add (optional extension layers + head) on cached bottleneck
+    features and evaluate them: ``(head model, report)`` (notebook ``06_extension_layers``).
+
+    Exactly equivalent to training a frozen backbone + the same layers on the images (no augmentation,
+    BatchNorm in inference mode), at a tiny fraction of the cost. The report is ``classification_report``'s
+    plus ``trainable_params``, ``train_accuracy``, ``extension_units`` and ``seed``.
+    """
+    from course_utils import surgery
+    from course_utils.settings import seed_everything
+
+    seed_everything(seed)
+    head = surgery.head_model(train_features.shape[1], len(classes), extension_units, dropout, seed)
+    history = fit_arrays(head, train_features, train_labels, lr, epochs=epochs, steps=steps, batch_size=batch_size)
+    probs = np.asarray(head.predict(test_features, batch_size=256, verbose=0))
+    report = classification_report(test_labels, probs.argmax(axis=1), classes)
+    report.update(trainable_params=surgery.count_params(head)["trainable"],
+                  train_accuracy=float(history.history["accuracy"][-1]),
+                  extension_units=[int(u) for u in extension_units], seed=int(seed))
+    return head, report
