@@ -107,6 +107,37 @@ def format_report(report: dict) -> str:
     return "\n".join(lines)
 
 
+def _add_demo(sub) -> None:
+    p = sub.add_parser("demo", help="offline tour: ImageNet predictions of bundled photos, then a short "
+                                    "fine-tuning run with its test accuracy")
+    p.add_argument("--data", default=None, help="dataset spec (default: COURSE_DATA, ../shared/data/flowers, "
+                                                "else sklearn:digits)")
+    p.add_argument("--method", default="logreg", choices=["svm", "logreg", "head", "finetune"])
+    p.add_argument("--per-class", type=int, default=30, help="training images per class")
+    p.set_defaults(func=cmd_demo)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Predict three photos that ship with scikit-image, then train on the quick-mode dataset."""
+    import numpy as np
+    import skimage.data
+
+    from course_utils import backbones, data, recipes, settings
+
+    model = backbones.load_backbone("efficientnet_lite0")
+    print("ImageNet predictions of photos that ship with scikit-image (EfficientNet-Lite0, offline weights):")
+    for name in ("chelsea", "coffee", "rocket"):
+        image = backbones.to_model_input(getattr(skimage.data, name)(), 224)
+        top = backbones.predict_top_k(model, "efficientnet_lite0", np.stack([image]), k=3)[0]
+        print(f"  {name:8s} " + ", ".join(f"{label} {prob:.0%}" for label, prob in top))
+    spec = args.data or settings.get_settings().data
+    split = data.load_dataset(spec, image_size=160, per_class=args.per_class, test_per_class=20, seed=0)
+    print(f"\nTraining a new head ({args.method}) on {data.describe(split)}")
+    _, report = recipes.run(split, recipes.Recipe(method=args.method))
+    print(format_report(report))
+    return 0
+
+
 def _add_release(sub) -> None:
     p = sub.add_parser("release", help="write the student notebooks (solutions replaced by NotImplementedError)")
     p.add_argument("out_dir", type=Path, help="where the student notebooks go")
@@ -164,7 +195,52 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS: list[Callable] = [_add_predict, _add_train, _add_release, _add_grade, _add_sweep]
+def _add_recommend(sub) -> None:
+    p = sub.add_parser("recommend", help="distance from ImageNet and Chu et al.'s freeze / fine-tune advice")
+    p.add_argument("--data", required=True, help="dataset spec: a folder, tfds:NAME or sklearn:digits")
+    p.add_argument("--backbone", default="efficientnet_lite0", help="efficientnet_lite0, MobileNetV2 or EfficientNetB*")
+    p.add_argument("--per-class", type=int, default=None,
+                   help="training images per class you will use (default: all of the train split)")
+    p.add_argument("--size", type=int, default=224, help="image size for the distance (the network's own: 224)")
+    p.add_argument("--sample-per-class", type=int, default=20, help="images per class sampled for the distance")
+    p.add_argument("--seed", type=int, default=0, help="seed of the sample and of the train/test split")
+    p.add_argument("--json", type=Path, default=None, help="write the recommendation (and verification) here")
+    p.add_argument("--verify", action="store_true", help="also train freeze and fine-tune and say if the advice held")
+    p.add_argument("--verify-size", type=int, default=128, help="--verify: image size (small budget)")
+    p.add_argument("--verify-seeds", type=int, default=2, help="--verify: training seeds per method")
+    p.add_argument("--verify-steps", type=int, default=40, help="--verify: SGD updates for each method")
+    p.add_argument("--test-per-class", type=int, default=20, help="--verify: test images per class")
+    p.set_defaults(func=cmd_recommend)
+
+
+def cmd_recommend(args: argparse.Namespace) -> int:
+    """Print images per class, the distance, Chu's Table 3 cell and the advice; optionally verify it."""
+    from course_utils import backbones, domain
+
+    if args.verify_seeds < 1 or args.verify_steps < 1:
+        raise ValueError(f"--verify-seeds and --verify-steps must be at least 1, got {args.verify_seeds} "
+                         f"and {args.verify_steps}")
+    try:
+        rec = domain.recommend(args.data, per_class=args.per_class, backbone=args.backbone,
+                               image_size=args.size, sample_per_class=args.sample_per_class, seed=args.seed)
+    except backbones.WeightsUnavailableError as err:
+        raise ValueError(str(err)) from err
+    print(rec.describe())
+    result = rec.to_dict()
+    if args.verify:
+        check = domain.verify(args.data, rec, per_class=args.per_class, image_size=args.verify_size,
+                              seeds=range(args.verify_seeds), test_per_class=args.test_per_class,
+                              data_seed=args.seed, steps=args.verify_steps)
+        print(check.describe())
+        result["verify"] = check.to_dict()
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(result, indent=2))
+        print(f"results written to {args.json}")
+    return 0
+
+
+COMMANDS: list[Callable] = [_add_demo, _add_predict, _add_train, _add_release, _add_grade, _add_sweep, _add_recommend]
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -260,6 +260,12 @@ class Advice:
         """``"freeze"`` or ``"finetune"``."""
         return "freeze" if self.depth == "none" else "finetune"
 
+    @property
+    def short(self) -> str:
+        """A few words for plots: "freeze", "fine-tune top 2", "fine-tune top half", "fine-tune all"."""
+        return {"none": "freeze", "top": "fine-tune top 2", "half": "fine-tune top half",
+                "all": "fine-tune all"}[self.depth]
+
     def train_last(self, n_blocks: int) -> int:
         """How many of the backbone's last blocks to train (``surgery.freeze(train_last=...)``)."""
         return {"none": 0, "top": min(2, n_blocks), "half": n_blocks // 2, "all": n_blocks}[self.depth]
@@ -351,7 +357,8 @@ class Recommendation:
         m = self.measures
         return "\n".join([
             f"data: {self.spec} ({len(counts)} classes)",
-            f"images per class: {self.images_per_class} (train split: min {min(counts)}, max {max(counts)})",
+            f"images per class: {self.images_per_class} (the train split has {min(counts)}-{max(counts)}, "
+            f"median {int(np.median(counts))})",
             f"distance from ImageNet: {self.distance:.3f} (Chu et al.: 1 - cosine of the mean penultimate "
             f"features, {m.get('n_images', '?')} images at {m.get('image_size', '?')} px, {self.backbone})",
             f"cross-checks: linear-kernel MMD {m.get('mmd', float('nan')):.2f} (relative), ImageNet "
@@ -411,6 +418,7 @@ class Verification:
     image_size: int
     unfreeze: int
     seeds: list[int]
+    steps: int | None = None          # training updates of each method (None: the recipes' default epochs)
 
     @property
     def noise(self) -> float:
@@ -429,8 +437,9 @@ class Verification:
 
     def describe(self) -> str:
         """One line per method, then the verdict."""
-        lines = [f"verify: {self.per_class} train images per class, {self.image_size} px, {self.n_test} test "
-                 f"images, seeds {self.seeds}"]
+        budget = f"{self.steps} training steps each" if self.steps else "the recipes' default epochs"
+        lines = [f"verify: {self.per_class} train images per class, {self.image_size} px, {budget}, "
+                 f"{self.n_test} test images, seeds {self.seeds}"]
         for name, accs in self.accuracy.items():
             label = "freeze (new head only)" if name == "freeze" else f"fine-tune last {self.unfreeze} blocks"
             mark = "  <- recommended" if name == self.recommended else ""
@@ -445,12 +454,14 @@ class Verification:
 
 def verify(spec: str, recommendation: Recommendation, per_class: int | None = None, image_size: int = 128,
            seeds: Sequence[int] = (0, 1), test_per_class: int | None = 20, data_seed: int = 0,
-           epochs: int | None = None) -> Verification:
+           steps: int | None = 40) -> Verification:
     """Train freeze (``head``) and fine-tune (``finetune``) on the same small sample; compare test accuracy.
 
-    ``per_class`` defaults to the recommendation's images per class. Fine-tuning trains the recommended
-    number of blocks, or the top 2 when the advice is to freeze. Every seed uses the same images (a paired
-    comparison); seeds change the initialisation and the batch order (notebook ``08_domain_distance``).
+    ``per_class`` defaults to the recommendation's images per class. Both methods get the same ``steps``
+    SGD updates (fine-tuning first fits the head on frozen features, as ``recipes.run`` does); fine-tuning
+    trains the recommended number of blocks, or the top 2 when the advice is to freeze. Every seed uses the
+    same images (a paired comparison); seeds change the initialisation and the batch order (notebook
+    ``08_domain_distance``).
     """
     from course_utils import recipes
 
@@ -462,7 +473,7 @@ def verify(spec: str, recommendation: Recommendation, per_class: int | None = No
     for seed in seeds:
         for name, method in (("freeze", "head"), ("finetune", "finetune")):
             recipe = recipes.Recipe(method=method, backbone=recommendation.backbone, unfreeze=unfreeze,
-                                    epochs=epochs, seed=int(seed))
+                                    steps=steps, seed=int(seed))
             accuracy[name].append(recipes.run(split, recipe)[1]["accuracy"])
     return Verification(recommendation.topology, accuracy, len(split.test), per_class, image_size, unfreeze,
-                        [int(s) for s in seeds])
+                        [int(s) for s in seeds], steps)

@@ -15,7 +15,8 @@ Topologies (Chu et al.'s notation: F frozen, T fine-tuned, R re-initialised and 
 ``finetune_all``          T(1-7)R(8): every layer trains, pretrained ones at ``lr * backbone_lr_factor``
 ``finetune_last``         train only the last ``blocks`` blocks (Maybury's "last two layers": 2)
 ``reinit_top``            re-initialise the last ``blocks`` blocks and train them (Chu's R(6-8))
-``extension``             frozen backbone + ``units`` extra Dense ReLU layers + head (Pittaras)
+``extension``             ``units`` extra Dense ReLU layers + head (Pittaras); the backbone is frozen
+                          unless ``blocks`` > 0 (then its last ``blocks`` blocks train too)
 ``svm``                   bottleneck features + LinearSVC (F. Yu's baseline), no lr / steps
 ========================  ===========================================================================
 
@@ -67,7 +68,7 @@ TOPOLOGY_KINDS = {
     "finetune_all": "T(1-7)R(8): fine-tune every layer",
     "finetune_last": "fine-tune only the last `blocks` blocks",
     "reinit_top": "re-initialise the last `blocks` blocks and train them (Chu's R(6-8))",
-    "extension": "frozen backbone + `units` Dense layers + head (Pittaras)",
+    "extension": "`units` Dense layers + head (Pittaras); also trains the last `blocks` blocks if > 0",
     "svm": "bottleneck features + LinearSVC",
 }
 TOPOLOGY_KEYS = {"kind", "name", "blocks", "units", "C"}
@@ -107,7 +108,7 @@ class Topology:
     @property
     def tunes_pretrained(self) -> bool:
         """True when pretrained weights train (so ``backbone_lr_factor`` matters)."""
-        return self.kind in {"finetune_all", "finetune_last"}
+        return self.kind in {"finetune_all", "finetune_last"} or (self.kind == "extension" and self.blocks > 0)
 
 
 def parse_topology(item: str | Mapping[str, Any]) -> Topology:
@@ -508,7 +509,8 @@ class Engine:
         self.base = backbones.load_backbone(backbone, weights=weights, input_size=image_size)
         self.preprocess = backbones.get_preprocess(backbone)
         self.blocks = backbones.block_names(self.base)
-        self._initial = self.base.get_weights()
+        self._initial = {layer.name: layer.get_weights() for layer in self.base.layers if layer.weights}
+        self._dirty: set[str] = set(self._initial)  # layers a run may have changed since the last reset
         self._memory: dict[str, dict[str, np.ndarray]] = {}
         self._boundaries: set[str] = set()
         self._splits: dict[tuple, Any] = {}
@@ -516,8 +518,10 @@ class Engine:
 
     # ---- data and weights
     def reset_weights(self) -> None:
-        """Put the backbone's pretrained weights back (runs train shared layers in place)."""
-        self.base.set_weights(self._initial)
+        """Put the pretrained weights back into the layers runs changed (they train shared layers in place)."""
+        for name in sorted(self._dirty):
+            self.base.get_layer(name).set_weights(self._initial[name])
+        self._dirty.clear()
 
     def split(self, run: RunSpec):
         """The run's data (``data.load_dataset``), loaded once per (dataset, per_class, seed)."""
@@ -535,7 +539,7 @@ class Engine:
         """How many of the last blocks train (0: only the new layers)."""
         if topology.kind == "finetune_all":
             return len(self.blocks)
-        if topology.kind in {"finetune_last", "reinit_top"}:
+        if topology.kind in {"finetune_last", "reinit_top", "extension"}:
             if topology.blocks >= len(self.blocks):
                 raise ValueError(f"{topology.label}: blocks={topology.blocks} but {self.name} has only "
                                  f"{len(self.blocks)} blocks ({self.blocks[0]} ... {self.blocks[-1]}); "
@@ -674,7 +678,16 @@ class Engine:
         surgery.freeze(flat, train_last=train_last)
         if run.topology.kind == "reinit_top":
             surgery.reinitialize(flat, self.blocks[len(self.blocks) - train_last:], seed=run.seed)
+        self._mark_dirty(train_last)
         return flat
+
+    def _mark_dirty(self, train_last: int) -> None:
+        """Remember the backbone layers of the last ``train_last`` blocks: training or re-init changes them."""
+        from course_utils import backbones
+
+        trained = set(self.blocks[len(self.blocks) - train_last:]) if train_last else set()
+        self._dirty |= {name for name, block in backbones.layer_blocks(self.base).items()
+                        if block in trained and name in self._initial}
 
     def _run_network(self, run: RunSpec, split) -> tuple[np.ndarray, str]:
         from course_utils import training
@@ -722,7 +735,7 @@ def run_sweep(config: str | os.PathLike | Mapping | SweepConfig, data: str | Non
     ``runs`` restricts the sweep to some of the config's runs; ``engine`` reuses a loaded backbone. Each
     finished run is appended to the store at once, so a killed sweep resumes where it stopped.
     """
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
     cfg = config if isinstance(config, SweepConfig) else load_config(config, data)
     if data and isinstance(config, SweepConfig):
@@ -846,6 +859,21 @@ def summarize(rows: Iterable[Mapping], by: Sequence[str] = ("topology", "per_cla
         mean, std, n = mean_std(groups[key])
         table.append({**dict(zip(by, key)), "mean": mean, "std": std, "n": n})
     return table
+
+
+def best(table: Sequence[Mapping], key: str = "mean") -> dict:
+    """The row of ``summarize``'s table with the highest ``key`` (default: mean accuracy)."""
+    if not table:
+        raise ValueError("the table is empty: no results matched (check select()'s filters)")
+    return dict(max(table, key=lambda row: row[key]))
+
+
+def describe_curve(xs: Sequence, seeds: Sequence[Sequence[float]], x: str) -> str:
+    """One line: mean ± std at each x, and where the best mean is (notebook ``07_experiments``)."""
+    stats = [mean_std(values) for values in seeds]
+    points = ", ".join(f"{v}: {m:.3f} ± {s:.3f}" for v, (m, s, _) in zip(xs, stats))
+    top = int(np.nanargmax([m for m, _, _ in stats])) if stats else 0
+    return f"{x} -> accuracy  {points}  (best at {x}={xs[top]})" if stats else f"{x}: no results"
 
 
 def format_summary(table: Sequence[Mapping]) -> str:

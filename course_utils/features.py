@@ -123,3 +123,31 @@ def choose_c(features: np.ndarray, labels: np.ndarray, method: str = "logreg", s
     scores = [cross_val_score(make_probe(method, c, seed, standardize), features, labels, cv=cv).mean()
               for c in grid]
     return float(grid[int(np.argmax(scores))])
+
+
+def probe_sweep(train_features: np.ndarray, train_labels: np.ndarray, test_features: np.ndarray,
+                test_labels: np.ndarray, per_class: Sequence[int], seeds: Sequence[int],
+                methods: Sequence[str] = ("svm", "logreg"), C: float | str = 1.0,
+                standardize: bool = False) -> dict[str, list[list[float]]]:
+    """Test accuracy of linear probes (``fit_probe``) trained on ``n`` images per class, for each ``n`` in
+    ``per_class`` and each seed (notebook ``05_bottleneck_features``: F. Yu's "with few images, a linear
+    classifier on the features").
+
+    The ``n`` images are ``data.stratified_sample(train_labels, n, seed)``, the same subsets
+    ``training.per_class_finetune_sweep`` uses. Returns ``{method: accuracies}`` with ``accuracies[i][j]``
+    for ``per_class[i]`` and ``seeds[j]``, the format of ``plots.sweep_curve``.
+    """
+    from course_utils.data import stratified_sample
+
+    out: dict[str, list[list[float]]] = {m: [] for m in methods}
+    for n in per_class:
+        scores: dict[str, list[float]] = {m: [] for m in methods}
+        for seed in seeds:
+            idx = stratified_sample(train_labels, int(n), seed)
+            for method in methods:
+                probe = fit_probe(train_features[idx], train_labels[idx], method, C=C, seed=seed,
+                                  standardize=standardize)
+                scores[method].append(float(np.mean(probe.predict(test_features) == test_labels)))
+        for method in methods:
+            out[method].append(scores[method])
+    return out

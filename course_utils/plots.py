@@ -125,3 +125,115 @@ def class_grid(image_set, per_class: int = 4, seed: int = 0, size: float = 1.6):
         axes[row][0].set_ylabel(f"{name}\n({len(members)})", fontsize=9, rotation=0, ha="right", va="center")
     fig.tight_layout()
     return fig
+
+
+def freeze_depth(rows: Sequence[Mapping], ax=None, label: str = "test accuracy", params: bool = True):
+    """Accuracy against how many blocks train (rows of ``training.freeze_depth_sweep``), notebook ``04_freezing``.
+
+    Rows with the same ``train_last`` (several seeds) give mean ± std. The x axis is categorical (0, 1, 2,
+    4, all), and with ``params`` the trainable parameter count is drawn as gray bars on a log axis behind.
+    """
+    ax = _axes(ax, figsize=(6, 3.8))
+    ks = sorted({int(r["train_last"]) for r in rows})
+    groups = [[r for r in rows if int(r["train_last"]) == k] for k in ks]
+    pos = np.arange(len(ks))
+    if params:
+        twin = ax.twinx()
+        twin.bar(pos, [g[0]["trainable"] for g in groups], color="lightgray", width=0.5, zorder=0)
+        twin.set_yscale("log")
+        twin.set_ylabel("trainable parameters (bars)", color="gray")
+        ax.set_zorder(twin.get_zorder() + 1)
+        ax.patch.set_visible(False)
+    acc = [[r["accuracy"] for r in g] for g in groups]
+    ax.errorbar(pos, [np.mean(a) for a in acc], yerr=[np.std(a) for a in acc], marker="o", capsize=3,
+                label=label)
+    names = [f"{k}\n({g[0]['first_trained']})" if k else "0\n(head only)" for k, g in zip(ks, groups)]
+    ax.set_xticks(pos, names, fontsize=7)
+    ax.set_xlabel("blocks trained (first trained block)")
+    ax.set_ylabel("test accuracy")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    return ax
+
+
+def per_layer(values: Mapping[str, Mapping[str, float]], ylabel: str, ax=None, logy: bool = False,
+              max_ticks: int = 12):
+    """One line per run of a number per layer (e.g. ``surgery.batchnorm_drift``), layers in model order
+    on the x axis (notebook ``04_freezing``)."""
+    ax = _axes(ax, figsize=(7, 3.5))
+    names: list[str] = []
+    for layer_values in values.values():
+        names += [n for n in layer_values if n not in names]
+    for label, layer_values in values.items():
+        ax.plot(range(len(names)), [layer_values.get(n, np.nan) for n in names], marker=".", label=label)
+    step = max(1, int(np.ceil(len(names) / max_ticks)))
+    ax.set_xticks(range(0, len(names), step), names[::step], rotation=60, ha="right", fontsize=7)
+    if logy:
+        ax.set_yscale("symlog", linthresh=1e-3)
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3)
+    return ax
+
+
+def chu_grid(points: Mapping[str, Sequence[float]], ax=None):
+    """Datasets on Chu et al.'s Table 3 grid (notebook ``08_domain_distance``).
+
+    ``points[label] = (images per class, distance)`` or ``(images per class, distance, std over seeds)``.
+    x: images per class (log scale), y: distance from ImageNet; each cell is labelled with its advice.
+    """
+    from course_utils.domain import CHU_TABLE, DATA_LEVELS, DISTANCE_LEVELS
+
+    ax = _axes(ax, figsize=(6.5, 4.2))
+    x_max = max([1000.0] + [2.0 * float(p[0]) for p in points.values()])
+    x_edges = [1.0] + [upper + 0.5 for _, upper in DATA_LEVELS[:-1]] + [x_max]
+    y_edges = [0.0] + [upper for _, upper in DISTANCE_LEVELS[:-1]] + [1.0]
+    for i, (d_level, _) in enumerate(DISTANCE_LEVELS):
+        for j, (n_level, _) in enumerate(DATA_LEVELS):
+            advice = CHU_TABLE[(d_level, n_level)]
+            ax.fill_between(x_edges[j:j + 2], y_edges[i], y_edges[i + 1], alpha=0.12, lw=0,
+                            color="tab:blue" if advice.topology == "freeze" else "tab:orange")
+            ax.text(np.sqrt(x_edges[j] * x_edges[j + 1]), y_edges[i + 1] - 0.02, advice.short, ha="center",
+                    va="top", fontsize=7, color="dimgray")
+    for label, point in points.items():
+        n, d = float(point[0]), float(point[1])
+        ax.errorbar([n], [d], yerr=[float(point[2])] if len(point) > 2 else None, fmt="o", capsize=3)
+        ax.annotate(label, (n, d), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    ax.set_xscale("log")
+    ax.set_xlim(x_edges[0], x_edges[-1])
+    ax.set_ylim(0, 1)
+    for x in x_edges[1:-1]:
+        ax.axvline(x, color="gray", lw=0.8)
+    for y in y_edges[1:-1]:
+        ax.axhline(y, color="gray", lw=0.8)
+    ax.set_xlabel("training images per class")
+    ax.set_ylabel("distance from ImageNet (1 - cos)")
+    return ax
+
+
+def lr_sweep_curves(result, chance: float | None = None, figsize=(11, 3.6)):
+    """Two panels for one ``training.lr_sweep`` result (notebook ``03_learning_rate``): training loss per
+    epoch (log scale; a diverged run climbs off the top or stops where the loss became nan) and training
+    accuracy per epoch, one line per base learning rate (the first seed's run). Returns the figure.
+    """
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=figsize)
+    for rate, hist in zip(result.rates, result.histories):
+        loss = np.asarray(hist.get("loss", []), dtype=float)
+        epochs = np.arange(1, len(loss) + 1)
+        line, = left.plot(epochs, np.where(np.isfinite(loss), loss, np.nan), marker=".", label=f"lr {rate:g}")
+        right.plot(epochs, hist.get("accuracy", [np.nan] * len(loss)), marker=".", color=line.get_color(),
+                   label=f"lr {rate:g}")
+    left.set_yscale("log")
+    left.set_ylabel("training loss (log scale)")
+    right.set_ylabel("training accuracy")
+    right.set_ylim(0, 1.02)
+    if chance is not None:
+        right.axhline(chance, color="gray", ls=":", label="chance")
+    for ax in (left, right):
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return fig

@@ -265,3 +265,20 @@ def batchnorm_drift(before: dict[str, tuple[np.ndarray, np.ndarray]],
             mean1 = after[name][0]
             drift[name] = float(np.mean(np.abs(mean1 - mean0) / np.sqrt(var0 + epsilon)))
     return drift
+
+
+def params_by_block(model: keras.Model) -> list[dict]:
+    """Where a model's parameters live, one row per block in order (notebook ``02_replace_softmax``):
+    ``block``, ``layers`` (how many), ``params``, ``trainable`` (after ``freeze``); layers added by
+    ``replace_head`` are reported as their own block ``"new head"``."""
+    owner = layer_blocks(model)
+    rows: dict[str, dict] = {}
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.InputLayer):
+            continue
+        block = "new head" if is_new_layer(layer.name) else owner.get(layer.name, "stem")
+        row = rows.setdefault(block, {"block": block, "layers": 0, "params": 0, "trainable": 0})
+        row["layers"] += 1
+        row["params"] += int(sum(np.prod(w.shape) for w in layer.weights))
+        row["trainable"] += int(sum(np.prod(w.shape) for w in layer.trainable_weights))
+    return list(rows.values())

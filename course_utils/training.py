@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import math
 import time
-from typing import Callable, Sequence
+from typing import Callable, Mapping, Sequence
 
 import keras
 import numpy as np
@@ -151,6 +151,23 @@ class Timer:
 # Cached activations and sweeps (notebooks 04_freezing, 05_bottleneck_features, 06_extension_layers)
 
 
+def _call(model: keras.Model, batch) -> np.ndarray:
+    """One inference-mode forward pass as float32 numpy (no ``predict``: nothing is traced per model)."""
+    import warnings
+
+    with warnings.catch_warnings():  # a cut model may expect its one input wrapped in a list
+        warnings.filterwarnings("ignore", message="The structure of `inputs`")
+        return np.asarray(keras.ops.convert_to_numpy(model(batch, training=False)), dtype="float32")
+
+
+def _predict_arrays(model: keras.Model, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """``model(x)`` in inference mode, batch by batch, as float32 numpy. Unlike ``predict`` it traces no new
+    function per model, which keeps sweeps over many small models fast and free of retracing warnings."""
+    x = np.asarray(x)
+    out = [_call(model, x[i:i + batch_size]) for i in range(0, len(x), batch_size)]
+    return np.concatenate(out) if out else np.zeros((0,) + tuple(model.output.shape[1:]), "float32")
+
+
 def activations(part: keras.Model, data: ImageSet | np.ndarray, preprocess: Preprocess | None = None,
                 batch_size: int = 64) -> np.ndarray:
     """Outputs of ``part`` (e.g. a prefix from ``surgery.split_at_block``) for an ``ImageSet`` (preprocessed
@@ -158,9 +175,12 @@ def activations(part: keras.Model, data: ImageSet | np.ndarray, preprocess: Prep
     if isinstance(data, ImageSet):
         if preprocess is None:
             raise ValueError("pass the backbone's preprocess function to compute activations of images")
-        data = make_batches(data.images, data.labels, preprocess, batch_size=batch_size)
-        return np.asarray(part.predict(data, verbose=0), dtype="float32")
-    return np.asarray(part.predict(np.asarray(data), batch_size=batch_size, verbose=0), dtype="float32")
+        batches = make_batches(data.images, data.labels, preprocess, batch_size=batch_size)
+        if hasattr(batches, "__len__") and hasattr(batches, "__getitem__"):  # a PyDataset
+            batches = (batches[i] for i in range(len(batches)))
+        out = [_call(part, np.asarray(x)) for x, _ in batches]
+        return np.concatenate(out) if out else np.zeros((0,) + tuple(part.output.shape[1:]), "float32")
+    return _predict_arrays(part, np.asarray(data), batch_size)
 
 
 def fit_arrays(model: keras.Model, x: np.ndarray, y: np.ndarray, lr: float = 0.01,
@@ -176,6 +196,56 @@ def fit_arrays(model: keras.Model, x: np.ndarray, y: np.ndarray, lr: float = 0.0
     n_epochs, _ = schedule(len(y), batch_size, steps, epochs)
     compile_classifier(model, lr, backbone_lr)
     return model.fit(x, y, batch_size=batch_size, epochs=n_epochs, shuffle=True, verbose=verbose)
+
+
+def _prefix_cache(model: keras.Model, split, preprocess: Preprocess, deepest: int,
+                  max_cache_mb: float) -> tuple[keras.Model | None, np.ndarray | None, np.ndarray | None]:
+    """(suffix, train activations, test activations) entering the first of the last ``deepest`` blocks,
+    or Nones when the cache would exceed ``max_cache_mb`` (shared by the notebook-04 sweeps)."""
+    from course_utils import surgery
+    from course_utils.backbones import block_names
+
+    blocks = block_names(model)
+    prefix, suffix = surgery.split_at_block(model, blocks[len(blocks) - max(deepest, 1)])
+    per_image_mb = float(np.prod(prefix.output.shape[1:])) * 4 / 2**20
+    if per_image_mb * (len(split.train.labels) + len(split.test.labels)) > max_cache_mb:
+        return None, None, None
+    return suffix, activations(prefix, split.train, preprocess), activations(prefix, split.test, preprocess)
+
+
+def _finetune_run(model: keras.Model, split, preprocess: Preprocess, k: int, cache: tuple, epochs: int,
+                  lr: float, backbone_lr: float, batch_size: int, bn: str, seed: int, verbose: int) -> dict:
+    """Train the last ``k`` blocks from the current weights (cached path when ``cache`` covers them); a row."""
+    from course_utils import surgery
+    from course_utils.backbones import block_names
+    from course_utils.settings import seed_everything
+
+    blocks = block_names(model)
+    suffix, x_train, x_test, cache_k = cache
+    seed_everything(seed)
+    counts = surgery.freeze(model, train_last=k, bn=bn)
+    before = surgery.batchnorm_moving_stats(model)
+    cached = suffix is not None and k <= cache_k
+    with Timer() as timer:
+        if cached:
+            history = fit_arrays(suffix, x_train, split.train.labels, lr, backbone_lr, epochs=epochs,
+                                 batch_size=batch_size, verbose=verbose)
+        else:
+            history = train(model, split.train, preprocess, lr=lr, backbone_lr=backbone_lr, epochs=epochs,
+                            batch_size=batch_size, seed=seed, verbose=verbose)
+    if cached:
+        probs = _predict_arrays(suffix, x_test)
+    else:
+        probs = predict_proba(model, split.test.images, preprocess)
+    report = classification_report(split.test.labels, probs.argmax(axis=1), split.test.classes)
+    return {
+        "train_last": k, "first_trained": blocks[len(blocks) - k] if k else "(new layers only)",
+        "trainable": counts["trainable"], "non_trainable": counts["non_trainable"],
+        "accuracy": report["accuracy"], "train_accuracy": float(history.history["accuracy"][-1]),
+        "seconds": round(timer.seconds, 2), "path": "cached" if cached else "images", "bn": bn,
+        "batch_size": batch_size, "lr": lr, "backbone_lr": backbone_lr, "seed": seed,
+        "bn_drift": surgery.batchnorm_drift(before, surgery.batchnorm_moving_stats(model)),
+    }
 
 
 def freeze_depth_sweep(model: keras.Model, split, preprocess: Preprocess,
@@ -199,66 +269,79 @@ def freeze_depth_sweep(model: keras.Model, split, preprocess: Preprocess,
     is skipped when it would exceed ``max_cache_mb``.
 
     Returns one row per run: ``train_last``, ``first_trained`` (block), ``trainable`` and ``non_trainable``
-    parameter counts, test ``accuracy``, last-epoch ``train_accuracy``, training ``seconds``, ``path``
-    ("cached" or "images"), ``bn``, ``batch_size`` and ``bn_drift`` (``surgery.batchnorm_drift`` per layer).
-    ``model`` is left with the starting weights and a frozen backbone.
+    parameter counts, test ``accuracy``, last-epoch ``train_accuracy`` (measured while training, so with
+    dropout and, for ``bn="train"``, batch statistics), training ``seconds``, ``path`` ("cached" or
+    "images"), ``bn``, ``batch_size``, ``lr``, ``backbone_lr``, ``seed`` and ``bn_drift``
+    (``surgery.batchnorm_drift`` per layer). ``model`` is left with the starting weights (pretrained
+    backbone, warmed-up head) and a frozen backbone, ready for another sweep.
     """
     from course_utils import surgery
     from course_utils.backbones import block_names
-    from course_utils.settings import seed_everything
 
-    blocks = block_names(model)
-    n_blocks = len(blocks)
+    n_blocks = len(block_names(model))
     ks = [n_blocks if k is None else int(k) for k in train_last]
     if any(k < 0 or k > n_blocks for k in ks):
         raise ValueError(f"train_last values must be between 0 and {n_blocks} (or None for all), got {list(train_last)}")
     backbone_lr = lr if backbone_lr is None else backbone_lr
-    y_train, y_test = split.train.labels, split.test.labels
-    seed_everything(seed)
     surgery.freeze(model)
     partial = [k for k in ks if k < n_blocks]
-    cache_k = max(partial) if partial else None
-    suffix = x_train = x_test = None
-    if cache_k is not None:
-        prefix, suffix = surgery.split_at_block(model, blocks[n_blocks - max(cache_k, 1)])
-        per_image = float(np.prod(prefix.output.shape[1:])) * 4 / 2**20
-        if per_image * (len(y_train) + len(y_test)) <= max_cache_mb:
-            x_train = activations(prefix, split.train, preprocess)
-            x_test = activations(prefix, split.test, preprocess)
-        else:
-            suffix = None
+    cache_k = max(partial) if partial else -1
+    suffix, x_train, x_test = (_prefix_cache(model, split, preprocess, cache_k, max_cache_mb) if partial
+                               else (None, None, None))
     if head_epochs:
+        from course_utils.settings import seed_everything
+
+        seed_everything(seed)
         features_part, new_part = surgery.split_before_new_layers(suffix if suffix is not None else model)
         feats = activations(features_part, x_train if suffix is not None else split.train, preprocess)
-        fit_arrays(new_part, feats, y_train, lr, epochs=head_epochs, batch_size=batch_size)
+        fit_arrays(new_part, feats, split.train.labels, lr, epochs=head_epochs, batch_size=batch_size)
     start = model.get_weights()
     rows = []
     for k in ks:
         model.set_weights(start)
-        seed_everything(seed)
-        counts = surgery.freeze(model, train_last=k, bn=bn)
-        before = surgery.batchnorm_moving_stats(model)
-        cached = suffix is not None and k <= cache_k
-        with Timer() as timer:
-            if cached:
-                history = fit_arrays(suffix, x_train, y_train, lr, backbone_lr, epochs=epochs,
-                                     batch_size=batch_size, verbose=verbose)
-            else:
-                history = train(model, split.train, preprocess, lr=lr, backbone_lr=backbone_lr, epochs=epochs,
-                                batch_size=batch_size, seed=seed, verbose=verbose)
-        if cached:
-            probs = np.asarray(suffix.predict(x_test, batch_size=64, verbose=0))
-        else:
-            probs = predict_proba(model, split.test.images, preprocess)
-        report = classification_report(y_test, probs.argmax(axis=1), split.test.classes)
-        rows.append({
-            "train_last": k, "first_trained": blocks[n_blocks - k] if k else "(new layers only)",
-            "trainable": counts["trainable"], "non_trainable": counts["non_trainable"],
-            "accuracy": report["accuracy"], "train_accuracy": float(history.history["accuracy"][-1]),
-            "seconds": round(timer.seconds, 2), "path": "cached" if cached else "images", "bn": bn,
-            "batch_size": batch_size,
-            "bn_drift": surgery.batchnorm_drift(before, surgery.batchnorm_moving_stats(model)),
-        })
+        rows.append(_finetune_run(model, split, preprocess, k, (suffix, x_train, x_test, cache_k), epochs, lr,
+                                  backbone_lr, batch_size, bn, seed, verbose))
+    model.set_weights(start)
+    surgery.freeze(model)
+    return rows
+
+
+def batchnorm_mode_comparison(model: keras.Model, split, preprocess: Preprocess, train_last: int = 2,
+                              batch_sizes: Sequence[int] = (1, 32), modes: Sequence[str] = ("inference", "train"),
+                              epochs: int = 3, lr: float = 0.01, backbone_lr: float | None = None,
+                              reference_batch: int = 32, seeds: Sequence[int] = (0,), verbose: int = 0) -> list[dict]:
+    """Fine-tune the last ``train_last`` blocks once per (batch size, BatchNorm mode, seed), all from ``model``'s
+    current weights, and evaluate on ``split.test`` (notebook ``04_freezing``, the BatchNorm pitfall).
+
+    The learning rates scale with the batch size (``lr * batch_size / reference_batch``, the linear
+    scaling rule), so every run moves the weights about as far per epoch and only the batch statistics
+    differ. ``bn="train"`` normalises each batch with its own mean and variance while training and updates
+    the moving statistics; ``bn="inference"`` keeps the ImageNet statistics. The seeds change the batch order
+    and dropout. Rows as ``freeze_depth_sweep``'s, plus ``steps`` (``train_accuracy`` is measured in the
+    training mode, i.e. with batch statistics for ``bn="train"``; ``accuracy`` always uses the moving
+    statistics). ``model`` is left as it was. The frozen blocks run once per image (cached activations).
+    """
+    import math
+
+    from course_utils import surgery
+    from course_utils.backbones import block_names
+
+    if not 0 < train_last < len(block_names(model)):
+        raise ValueError(f"train_last must be between 1 and {len(block_names(model)) - 1}, got {train_last}")
+    backbone_lr = lr if backbone_lr is None else backbone_lr
+    surgery.freeze(model)
+    suffix, x_train, x_test = _prefix_cache(model, split, preprocess, train_last, float("inf"))
+    start = model.get_weights()
+    rows = []
+    for batch_size in batch_sizes:
+        scale = batch_size / reference_batch
+        for mode in modes:
+            for seed in seeds:
+                model.set_weights(start)
+                row = _finetune_run(model, split, preprocess, train_last, (suffix, x_train, x_test, train_last),
+                                    epochs, lr * scale, backbone_lr * scale, batch_size, mode, seed, verbose)
+                row["steps"] = epochs * math.ceil(len(split.train.labels) / batch_size)
+                rows.append(row)
     model.set_weights(start)
     surgery.freeze(model)
     return rows
@@ -300,7 +383,7 @@ def per_class_finetune_sweep(model: keras.Model, split, preprocess: Preprocess, 
             seed_everything(seed)
             surgery.freeze(model, train_last=train_last)
             fit_arrays(suffix, x_pool[idx], y_pool[idx], lr, backbone_lr, steps=steps, batch_size=batch_size)
-            probs = np.asarray(suffix.predict(x_test, batch_size=64, verbose=0))
+            probs = _predict_arrays(suffix, x_test)
             accs.append(float(np.mean(probs.argmax(axis=1) == split.test.labels)))
         results.append(accs)
     model.set_weights(start)
@@ -325,9 +408,157 @@ def train_head_on_features(train_features: np.ndarray, train_labels: np.ndarray,
     seed_everything(seed)
     head = surgery.head_model(train_features.shape[1], len(classes), extension_units, dropout, seed)
     history = fit_arrays(head, train_features, train_labels, lr, epochs=epochs, steps=steps, batch_size=batch_size)
-    probs = np.asarray(head.predict(test_features, batch_size=256, verbose=0))
+    probs = _predict_arrays(head, test_features)
     report = classification_report(test_labels, probs.argmax(axis=1), classes)
     report.update(trainable_params=surgery.count_params(head)["trainable"],
                   train_accuracy=float(history.history["accuracy"][-1]),
                   extension_units=[int(u) for u in extension_units], seed=int(seed))
     return head, report
+
+
+# --------------------------------------------------------------------------------------------------
+# Learning curves of a new head, learning-rate sweeps (notebooks 01_why_finetune, 03_learning_rate)
+
+
+def fit_head_with_history(train_features: np.ndarray, train_labels: np.ndarray, val_features: np.ndarray,
+                          val_labels: np.ndarray, num_classes: int, lr: float = 0.01, epochs: int = 20,
+                          batch_size: int = 32, dropout: float = 0.2,
+                          seed: int = 0) -> tuple[keras.Model, dict[str, list[float]]]:
+    """Train the head ``surgery.replace_head`` would add on cached bottleneck features, evaluating on
+    ``val_features`` after every epoch: ``(head model, history)`` with ``loss``, ``accuracy``, ``val_loss``
+    and ``val_accuracy`` per epoch, the format of ``plots.learning_curves`` (notebook ``01_why_finetune``).
+
+    Exactly a frozen pretrained backbone + new head trained on the images without augmentation, at a tiny
+    fraction of the cost; ``surgery.copy_new_layers`` moves the trained head into the full model.
+    """
+    from course_utils import surgery
+    from course_utils.settings import seed_everything
+
+    seed_everything(seed)
+    head = surgery.head_model(train_features.shape[1], num_classes, dropout=dropout, seed=seed)
+    compile_classifier(head, lr)
+    history = head.fit(train_features, train_labels, batch_size=max(1, min(batch_size, len(train_labels))),
+                       epochs=int(epochs), shuffle=True, validation_data=(val_features, val_labels), verbose=0)
+    return head, {k: [float(v) for v in values] for k, values in history.history.items()}
+
+
+def _pretrained_trainable(model: keras.Model) -> list:
+    """The trainable variables of the pretrained (not new) layers."""
+    return [v for layer in model.layers if not is_new_layer(layer.name) for v in layer.trainable_weights]
+
+
+def relative_change(before: Sequence[np.ndarray], after: Sequence[np.ndarray]) -> float:
+    """``||after - before|| / ||before||`` over all the arrays together: how far weights moved from where they
+    started (0: not at all; notebook ``03_learning_rate`` uses it to show rigidity at tiny learning rates)."""
+    num = sum(float(np.sum((np.asarray(a, "float64") - np.asarray(b, "float64")) ** 2)) for a, b in zip(after, before))
+    den = sum(float(np.sum(np.asarray(b, "float64") ** 2)) for b in before)
+    return float(np.sqrt(num / den)) if den > 0 else float("nan")
+
+
+class LRSweepResult:
+    """What ``lr_sweep`` measured, per base learning rate (outer lists) and seed (inner lists).
+
+    ``accuracy``: test accuracy; ``final_loss``: last-epoch training loss (nan or huge when training diverged);
+    ``weight_change``: ``relative_change`` of the pretrained trainable weights; ``diverged``: final loss not
+    finite or above twice the loss of a uniform guess (``2 ln N``); ``histories``: per rate, the first seed's
+    training ``loss`` and ``accuracy`` per epoch; ``start_accuracy``: test accuracy of the starting point
+    (pretrained backbone + untrained head).
+    """
+
+    def __init__(self, rates: Sequence[float], backbone_factor: float | None, train_last: int, num_classes: int,
+                 start_accuracy: float) -> None:
+        self.rates = [float(r) for r in rates]
+        self.backbone_factor = backbone_factor
+        self.train_last = int(train_last)
+        self.num_classes = int(num_classes)
+        self.start_accuracy = float(start_accuracy)
+        self.accuracy: list[list[float]] = []
+        self.final_loss: list[list[float]] = []
+        self.weight_change: list[list[float]] = []
+        self.diverged: list[list[bool]] = []
+        self.histories: list[dict[str, list[float]]] = []
+
+    def best_rate(self) -> float:
+        """The rate with the highest mean test accuracy."""
+        return self.rates[int(np.argmax([np.mean(a) for a in self.accuracy]))]
+
+    def table(self) -> str:
+        """One line per rate: mean ± std test accuracy, final training loss, weight change, divergence."""
+        factor = "one rate for all layers" if not self.backbone_factor else f"pretrained layers at lr x {self.backbone_factor:g}"
+        lines = [f"{factor}; starting point (untrained head): test accuracy {self.start_accuracy:.2f}",
+                 f"{'lr':>8}  {'test acc':>11}  {'final loss':>10}  {'weights moved':>13}  diverged"]
+        for i, rate in enumerate(self.rates):
+            acc, loss, moved = np.mean(self.accuracy[i]), np.mean(self.final_loss[i]), np.mean(self.weight_change[i])
+            spread = f"{acc:.2f} ± {np.std(self.accuracy[i]):.2f}"
+            lines.append(f"{rate:>8g}  {spread:>11}  {loss:>10.3g}  {moved * 100:>12.3g}%  "
+                         f"{sum(self.diverged[i])}/{len(self.diverged[i])} seeds")
+        return "\n".join(lines)
+
+
+def lr_sweep(model: keras.Model, split, preprocess: Preprocess, rates: Sequence[float], train_last: int = 2,
+             epochs: int = 10, variants: Mapping[str, float | None] | None = None, seeds: Sequence[int] = (0,),
+             batch_size: int = 32) -> dict[str, LRSweepResult]:
+    """Fine-tune the last ``train_last`` blocks + the new head of ``model`` (from ``surgery.replace_head``)
+    once per base learning rate in ``rates``, variant and seed, and evaluate on ``split.test`` (notebook
+    ``03_learning_rate``, after Maybury 2015, Figs. 4-5: too high diverges, too low barely moves).
+
+    ``variants`` maps a label to a ``backbone_factor``: the new layers train at the rate, the pretrained
+    ones at the rate times the factor (None: the same rate). Default: ``{"one rate": None}``. Every run
+    starts from the same weights (``model``'s: pretrained backbone, untrained head) and trains ``epochs``
+    epochs of SGD with momentum 0.9; the test set is used once, after training. The frozen blocks are computed once per image for all runs
+    (``surgery.split_at_block``) and only the trained part runs each step: exact, since nothing frozen changes
+    without augmentation and with BatchNorm in inference mode. ``model`` gets its starting weights back at
+    the end. Returns one ``LRSweepResult`` per variant label.
+    """
+    from course_utils import surgery
+    from course_utils.backbones import block_names
+    from course_utils.settings import seed_everything
+
+    variants = {"one rate": None} if variants is None else dict(variants)
+    blocks = block_names(model)
+    if not 1 <= train_last < len(blocks):
+        raise ValueError(f"train_last must be between 1 and {len(blocks) - 1}, got {train_last}")
+    if not rates or any(float(r) <= 0 for r in rates):
+        raise ValueError(f"rates must be positive learning rates, got {list(rates)}")
+    if not variants or any(f is not None and f <= 0 for f in variants.values()):
+        raise ValueError(f"variants must map labels to positive factors or None, got {variants}")
+    start = model.get_weights()
+    surgery.freeze(model)
+    prefix, suffix = surgery.split_at_block(model, blocks[len(blocks) - train_last])
+    x_train, x_test = activations(prefix, split.train, preprocess), activations(prefix, split.test, preprocess)
+    y_train, y_test = split.train.labels, split.test.labels
+    num_classes = len(split.train.classes)
+    start_probs = np.asarray(suffix.predict(x_test, batch_size=64, verbose=0))
+    start_accuracy = float(np.mean(start_probs.argmax(axis=1) == y_test))
+    batch = max(1, min(batch_size, len(y_train)))
+    results = {}
+    for label, factor in variants.items():
+        result = LRSweepResult(rates, factor, train_last, num_classes, start_accuracy)
+        for rate in result.rates:
+            accs, losses, moved, diverged = [], [], [], []
+            for j, seed in enumerate(seeds):
+                model.set_weights(start)
+                seed_everything(seed)
+                surgery.freeze(model, train_last=train_last)
+                before = [np.array(v) for v in _pretrained_trainable(model)]
+                compile_classifier(suffix, rate, rate * factor if factor else None)
+                with np.errstate(all="ignore"):
+                    history = suffix.fit(x_train, y_train, batch_size=batch, epochs=int(epochs), shuffle=True,
+                                         verbose=0).history
+                    probs = np.nan_to_num(np.asarray(suffix.predict(x_test, batch_size=128, verbose=0)), nan=0.0)
+                    change = relative_change(before, [np.array(v) for v in _pretrained_trainable(model)])
+                final = float(history["loss"][-1])
+                accs.append(float(np.mean(probs.argmax(axis=1) == y_test)))
+                losses.append(final)
+                moved.append(change)
+                diverged.append(bool(not np.isfinite(final) or final > 2 * math.log(num_classes)))
+                if j == 0:
+                    result.histories.append({k: [float(v) for v in values] for k, values in history.items()})
+            result.accuracy.append(accs)
+            result.final_loss.append(losses)
+            result.weight_change.append(moved)
+            result.diverged.append(diverged)
+        results[label] = result
+    model.set_weights(start)
+    surgery.freeze(model)
+    return results

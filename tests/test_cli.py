@@ -84,3 +84,13 @@ def test_release_command_writes_student_notebooks(tmp_path):
     assert written and all(name[:2].isdigit() for name in written)
     for path in (tmp_path / "student").glob("*.ipynb"):
         assert "### BEGIN SOLUTION" not in path.read_text()
+
+
+@pytest.mark.slow
+def test_logreg_probe_reaches_the_issue_target_on_all_flowers(flowers_dir, tmp_path):
+    """The foundation's acceptance bar: 500 train / 200 test photos at 224 px, test accuracy >= 0.93."""
+    out = tmp_path / "r.json"
+    assert cli.main(["train", "--data", str(flowers_dir), "--method", "logreg", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert (report["n_train"], report["n_test"]) == (500, 200)
+    assert report["accuracy"] >= 0.93, report["accuracy"]
