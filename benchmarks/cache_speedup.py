@@ -66,9 +66,10 @@ def throughput(config, steps: int) -> dict[str, float]:
 
     engine = ex.Engine(config.backbone, config.weights, config.image_size, cache=True, disk_cache=False)
     size, batch = config.image_size, config.batch_size
-    images = np.random.default_rng(0).integers(0, 256, (4 * batch, size, size, 3), dtype=np.uint8)
+    images = np.random.default_rng(0).integers(0, 256, (8 * batch, size, size, 3), dtype=np.uint8)
     labels = np.arange(len(images)) % 5
-    figures = {"forward": _rate(lambda: ex.predict(engine.base, images, engine.preprocess, batch), len(images))}
+    features = ex.extractor(engine.base, [engine.boundary(0)])
+    figures = {"forward": _rate(lambda: ex.forward(features, images, engine.preprocess), len(images))}
     order = ex.batch_order(len(images), batch, steps + 1, 0)
     for label, topology in (("frozen_head", "frozen_head"), ("last2", {"kind": "finetune_last", "blocks": 2}),
                             ("all", "finetune_all")):
@@ -80,7 +81,7 @@ def throughput(config, steps: int) -> dict[str, float]:
         figures[f"train_naive_{label}"] = _train_rate(flat, images, labels, order, engine.preprocess)
         if boundary is not None:
             suffix = ex.keras_suffix(flat, boundary)
-            acts = ex.predict(ex.keras_prefix(engine.base, boundary), images, engine.preprocess, batch)
+            acts = ex.forward(ex.extractor(engine.base, [boundary]), images, engine.preprocess)[0]
             training.compile_classifier(suffix, 0.01, 0.001)
             figures[f"train_cached_{label}"] = _train_rate(suffix, acts, labels, order, None)
         engine.reset_weights()

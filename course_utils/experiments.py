@@ -461,6 +461,23 @@ def predict(model, x: np.ndarray, preprocess=None, batch_size: int = 64) -> np.n
     return merged if len(merged) > 1 else merged[0]
 
 
+def extractor(model, layers: Sequence[str]):
+    """A model giving the outputs of ``layers`` of ``model`` (one pass for all of them)."""
+    import keras
+
+    return keras.Model(model.input, [model.get_layer(name).output for name in layers])
+
+
+def forward(model, images: np.ndarray, preprocess, batch_size: int = 64) -> list[np.ndarray]:
+    """Every output of ``model`` for uint8 images, compiled (``model.predict``), as float32 arrays."""
+    from course_utils.data import make_batches
+
+    batches = make_batches(images, np.zeros(len(images), dtype="int64"), preprocess, batch_size=batch_size)
+    outputs = model.predict(batches, verbose=0)
+    outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
+    return [np.asarray(o, dtype="float32") for o in outputs]
+
+
 def keras_prefix(model, boundary: str):
     """The frozen part: ``model``'s input to the output of layer ``boundary``."""
     import keras
@@ -513,6 +530,8 @@ class Engine:
         self._dirty: set[str] = set(self._initial)  # layers a run may have changed since the last reset
         self._memory: dict[str, dict[str, np.ndarray]] = {}
         self._boundaries: set[str] = set()
+        self._extractors: dict[tuple, Any] = {}
+        self._compiled: dict[tuple, Any] = {}  # compiled suffixes, one per topology and boundary
         self._splits: dict[tuple, Any] = {}
         self.fallbacks: dict[str, int] = {}  # why runs took the naive path, and how many
 
@@ -628,11 +647,9 @@ class Engine:
         if not todo:
             return
         self.reset_weights()
-        import keras
-
-        extractor = keras.Model(self.base.input, [self.base.get_layer(b).output for b in names])
-        outputs = predict(extractor, images.images[todo], self.preprocess)
-        outputs = outputs if isinstance(outputs, list) else [outputs]
+        if tuple(names) not in self._extractors:  # one compiled extractor per set of boundaries
+            self._extractors = {tuple(names): extractor(self.base, names)}
+        outputs = forward(self._extractors[tuple(names)], images.images[todo], self.preprocess)
         for memory, values in zip(memories, outputs):
             memory.update(zip((images.ids[i] for i in todo), values))
 
@@ -668,8 +685,8 @@ class Engine:
         return probe.predict(test), "naive" if boundary is None else "cached"
 
     def build(self, run: RunSpec, num_classes: int):
-        """The flat model of ``run`` (new head, frozen and re-initialised as its topology says), compiled."""
-        from course_utils import surgery, training
+        """The flat model of ``run``: a new seeded head, frozen and re-initialised as its topology says."""
+        from course_utils import surgery
         from course_utils.settings import seed_everything
 
         seed_everything(run.seed)
@@ -680,6 +697,31 @@ class Engine:
             surgery.reinitialize(flat, self.blocks[len(self.blocks) - train_last:], seed=run.seed)
         self._mark_dirty(train_last)
         return flat
+
+    def _suffix(self, run: RunSpec, flat, boundary: str, backbone_lr: float | None):
+        """The compiled model after ``boundary``, in the state a fresh ``flat`` would start from.
+
+        Compiling traces the train step (about a second); runs of the same topology reuse one compiled
+        suffix: its new layers take ``flat``'s fresh weights (and dropout seed), its optimizer is zeroed and
+        set to ``run.lr``, which is exactly the state of a freshly compiled copy.
+        """
+        from course_utils import training
+
+        factor = None if backbone_lr is None else backbone_lr / run.lr
+        key = (boundary, run.topology.kind, run.topology.blocks, run.topology.units, factor,
+               int(flat.output.shape[-1]))
+        model = self._compiled.get(key)
+        if model is None:
+            model = keras_suffix(flat, boundary)
+            training.compile_classifier(model, run.lr, backbone_lr)
+            self._compiled[key] = model
+            return model
+        for layer in model.layers:
+            if layer.name not in self._initial and layer.variables:  # new layers: copy the fresh ones
+                for mine, fresh in zip(layer.variables, flat.get_layer(layer.name).variables):
+                    mine.assign(fresh)
+        _reset_optimizer(model.optimizer, run.lr)
+        return model
 
     def _mark_dirty(self, train_last: int) -> None:
         """Remember the backbone layers of the last ``train_last`` blocks: training or re-init changes them."""
@@ -700,12 +742,20 @@ class Engine:
         order = batch_order(len(split.train.labels), run.batch_size, run.steps, run.seed)
         if boundary is None:
             model, x_train, x_test, preprocess = flat, split.train.images, split.test.images, self.preprocess
+            training.compile_classifier(model, run.lr, backbone_lr)
         else:
-            model, preprocess = keras_suffix(flat, boundary), None
-        training.compile_classifier(model, run.lr, backbone_lr)
+            model, preprocess = self._suffix(run, flat, boundary, backbone_lr), None
         train_steps(model, x_train, split.train.labels, order, preprocess, run.augment, run.seed)
-        probs = predict(model, x_test, preprocess)
-        return probs.argmax(axis=1), "naive" if boundary is None else "cached"
+        if boundary is None:
+            return training.predict_proba(flat, x_test, self.preprocess).argmax(axis=1), "naive"
+        return predict(model, x_test).argmax(axis=1), "cached"
+
+
+def _reset_optimizer(optimizer, lr: float) -> None:
+    """Zero an optimizer's state (iterations, momentum) and set its learning rate, as if newly made."""
+    for variable in optimizer.variables:
+        variable.assign(np.zeros(variable.shape, dtype=variable.dtype))
+    optimizer.learning_rate = lr
 
 
 def _save_npy_atomic(path: Path, values: np.ndarray) -> None:

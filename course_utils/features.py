@@ -137,17 +137,21 @@ def probe_sweep(train_features: np.ndarray, train_labels: np.ndarray, test_featu
     ``training.per_class_finetune_sweep`` uses. Returns ``{method: accuracies}`` with ``accuracies[i][j]``
     for ``per_class[i]`` and ``seeds[j]``, the format of ``plots.sweep_curve``.
     """
+    from threadpoolctl import threadpool_limits
+
     from course_utils.data import stratified_sample
 
     out: dict[str, list[list[float]]] = {m: [] for m in methods}
-    for n in per_class:
-        scores: dict[str, list[float]] = {m: [] for m in methods}
-        for seed in seeds:
-            idx = stratified_sample(train_labels, int(n), seed)
+    # one BLAS thread: these fits are small, and BLAS threads competing with TensorFlow's make them far slower
+    with threadpool_limits(1):
+        for n in per_class:
+            scores: dict[str, list[float]] = {m: [] for m in methods}
+            for seed in seeds:
+                idx = stratified_sample(train_labels, int(n), seed)
+                for method in methods:
+                    probe = fit_probe(train_features[idx], train_labels[idx], method, C=C, seed=seed,
+                                      standardize=standardize)
+                    scores[method].append(float(np.mean(probe.predict(test_features) == test_labels)))
             for method in methods:
-                probe = fit_probe(train_features[idx], train_labels[idx], method, C=C, seed=seed,
-                                  standardize=standardize)
-                scores[method].append(float(np.mean(probe.predict(test_features) == test_labels)))
-        for method in methods:
-            out[method].append(scores[method])
+                out[method].append(scores[method])
     return out

@@ -237,3 +237,20 @@ def lr_sweep_curves(result, chance: float | None = None, figsize=(11, 3.6)):
         ax.legend(fontsize=7)
     fig.tight_layout()
     return fig
+
+
+def show_as_jpeg(fig, quality: int = 85) -> None:
+    """Display ``fig`` as a JPEG image and close it (notebooks ``00_setup`` and ``02_replace_softmax``).
+
+    Grids of photos are several times smaller as JPEG than as the inline backend's PNG, which keeps the
+    committed notebooks (outputs included) small; use it for photo grids, not for line plots.
+    """
+    import io
+
+    import matplotlib.pyplot as plt
+    from IPython.display import Image, display
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="jpeg", dpi=fig.dpi, bbox_inches="tight", pil_kwargs={"quality": int(quality)})
+    plt.close(fig)
+    display(Image(data=buffer.getvalue(), format="jpeg"))

@@ -183,6 +183,16 @@ def activations(part: keras.Model, data: ImageSet | np.ndarray, preprocess: Prep
     return _predict_arrays(part, np.asarray(data), batch_size)
 
 
+def _reset_optimizer(model: keras.Model) -> None:
+    """Zero a compiled model's optimizer state (step count, momentum) so that the next ``fit`` starts afresh
+    without recompiling, i.e. without tracing the training step again (sweeps in notebooks 05 and 06)."""
+    optimizer = model.optimizer
+    keep = {id(getattr(optimizer, "_learning_rate", None))}
+    for var in optimizer.variables:
+        if id(var) not in keep and var.name != "learning_rate":
+            var.assign(keras.ops.zeros(var.shape, dtype=var.dtype))
+
+
 def fit_arrays(model: keras.Model, x: np.ndarray, y: np.ndarray, lr: float = 0.01,
                backbone_lr: float | None = None, epochs: int | None = None, steps: int | None = None,
                batch_size: int = 32, verbose: int = 0) -> keras.callbacks.History:
@@ -214,8 +224,12 @@ def _prefix_cache(model: keras.Model, split, preprocess: Preprocess, deepest: in
 
 
 def _finetune_run(model: keras.Model, split, preprocess: Preprocess, k: int, cache: tuple, epochs: int,
-                  lr: float, backbone_lr: float, batch_size: int, bn: str, seed: int, verbose: int) -> dict:
-    """Train the last ``k`` blocks from the current weights (cached path when ``cache`` covers them); a row."""
+                  lr: float, backbone_lr: float, batch_size: int, bn: str, seed: int, verbose: int,
+                  reuse_compiled: bool = False) -> dict:
+    """Train the last ``k`` blocks from the current weights (cached path when ``cache`` covers them); a row.
+
+    ``reuse_compiled``: the cached suffix is already compiled for these trainable layers and rates; only its
+    optimizer state is reset (no new trace of the training step)."""
     from course_utils import surgery
     from course_utils.backbones import block_names
     from course_utils.settings import seed_everything
@@ -227,7 +241,11 @@ def _finetune_run(model: keras.Model, split, preprocess: Preprocess, k: int, cac
     before = surgery.batchnorm_moving_stats(model)
     cached = suffix is not None and k <= cache_k
     with Timer() as timer:
-        if cached:
+        if cached and reuse_compiled and getattr(suffix, "optimizer", None) is not None:
+            _reset_optimizer(suffix)
+            history = suffix.fit(x_train, split.train.labels, batch_size=max(1, min(batch_size, len(x_train))),
+                                 epochs=epochs, shuffle=True, verbose=verbose)
+        elif cached:
             history = fit_arrays(suffix, x_train, split.train.labels, lr, backbone_lr, epochs=epochs,
                                  batch_size=batch_size, verbose=verbose)
         else:
@@ -246,6 +264,18 @@ def _finetune_run(model: keras.Model, split, preprocess: Preprocess, k: int, cac
         "batch_size": batch_size, "lr": lr, "backbone_lr": backbone_lr, "seed": seed,
         "bn_drift": surgery.batchnorm_drift(before, surgery.batchnorm_moving_stats(model)),
     }
+
+
+def _warm_up_new_layers(model: keras.Model, x, y: np.ndarray, preprocess: Preprocess | None, lr: float,
+                        epochs: int, batch_size: int, seed: int) -> None:
+    """Train only the layers ``replace_head`` added, on the features of ``x`` (images or cached activations
+    entering ``model``): "train the head first, then unfreeze"."""
+    from course_utils import surgery
+    from course_utils.settings import seed_everything
+
+    seed_everything(seed)
+    features_part, new_part = surgery.split_before_new_layers(model)
+    fit_arrays(new_part, activations(features_part, x, preprocess), y, lr, epochs=epochs, batch_size=batch_size)
 
 
 def freeze_depth_sweep(model: keras.Model, split, preprocess: Preprocess,
@@ -289,12 +319,8 @@ def freeze_depth_sweep(model: keras.Model, split, preprocess: Preprocess,
     suffix, x_train, x_test = (_prefix_cache(model, split, preprocess, cache_k, max_cache_mb) if partial
                                else (None, None, None))
     if head_epochs:
-        from course_utils.settings import seed_everything
-
-        seed_everything(seed)
-        features_part, new_part = surgery.split_before_new_layers(suffix if suffix is not None else model)
-        feats = activations(features_part, x_train if suffix is not None else split.train, preprocess)
-        fit_arrays(new_part, feats, split.train.labels, lr, epochs=head_epochs, batch_size=batch_size)
+        _warm_up_new_layers(suffix if suffix is not None else model, x_train if suffix is not None else split.train,
+                            split.train.labels, preprocess, lr, head_epochs, batch_size, seed)
     start = model.get_weights()
     rows = []
     for k in ks:
@@ -336,14 +362,59 @@ def batchnorm_mode_comparison(model: keras.Model, split, preprocess: Preprocess,
     for batch_size in batch_sizes:
         scale = batch_size / reference_batch
         for mode in modes:
-            for seed in seeds:
+            for i, seed in enumerate(seeds):  # the seeds of one (batch size, mode) share one compiled step
                 model.set_weights(start)
                 row = _finetune_run(model, split, preprocess, train_last, (suffix, x_train, x_test, train_last),
-                                    epochs, lr * scale, backbone_lr * scale, batch_size, mode, seed, verbose)
+                                    epochs, lr * scale, backbone_lr * scale, batch_size, mode, seed, verbose,
+                                    reuse_compiled=i > 0)
                 row["steps"] = epochs * math.ceil(len(split.train.labels) / batch_size)
                 rows.append(row)
     model.set_weights(start)
     surgery.freeze(model)
+    return rows
+
+
+def extension_finetune_comparison(base: keras.Model, split, preprocess: Preprocess,
+                                  extensions: dict[str, Sequence[int]], train_last: int = 2, epochs: int = 3,
+                                  lr: float = 0.01, backbone_lr: float | None = None, batch_size: int = 32,
+                                  head_epochs: int = 10, seed: int = 0, verbose: int = 0) -> dict[str, dict]:
+    """Fine-tune the last ``train_last`` blocks of ``base`` once per entry of ``extensions`` (label -> extension
+    units, ``()`` for the plain head), each with its own new layers (``surgery.replace_head``), and evaluate on
+    ``split.test`` (notebook ``06_extension_layers``: Pittaras et al.'s FT3-ex on a budget).
+
+    Each run follows ``freeze_depth_sweep``'s protocol (new layers first for ``head_epochs`` epochs on the
+    frozen features, then ``epochs`` epochs with the blocks, BatchNorm in inference mode) and starts from the
+    pretrained weights; the frozen blocks are computed once per image for all runs. Returns one row per label,
+    as ``freeze_depth_sweep``'s plus ``extension_units``. ``base`` is left with its pretrained weights.
+    """
+    from course_utils import surgery
+    from course_utils.backbones import block_names
+
+    if not extensions:
+        raise ValueError("give at least one extension, e.g. {'plain head': (), '1 x 256': (256,)}")
+    num_classes = len(split.train.classes)
+    pretrained = base.get_weights()
+    backbone_lr = lr if backbone_lr is None else backbone_lr
+    shared = None
+    rows = {}
+    try:
+        for label, units in extensions.items():
+            model = surgery.replace_head(base, num_classes, extension_units=units, seed=seed)
+            n_blocks = len(block_names(model))
+            if not 0 < train_last < n_blocks:
+                raise ValueError(f"train_last must be between 1 and {n_blocks - 1}, got {train_last}")
+            surgery.freeze(model)
+            if shared is None:
+                _, x_train, x_test = shared = _prefix_cache(model, split, preprocess, train_last, float("inf"))
+            _, suffix = surgery.split_at_block(model, block_names(model)[n_blocks - train_last])
+            if head_epochs:
+                _warm_up_new_layers(suffix, x_train, split.train.labels, None, lr, head_epochs, batch_size, seed)
+            row = _finetune_run(model, split, preprocess, train_last, (suffix, x_train, x_test, train_last), epochs,
+                                lr, backbone_lr, batch_size, "inference", seed, verbose)
+            rows[label] = {**row, "extension_units": [int(u) for u in units]}
+            base.set_weights(pretrained)
+    finally:
+        base.set_weights(pretrained)
     return rows
 
 
@@ -355,8 +426,9 @@ def per_class_finetune_sweep(model: keras.Model, split, preprocess: Preprocess, 
 
     The ``n`` images are ``data.stratified_sample(split.train.labels, n, seed)``, the same ones
     ``features.probe_sweep`` uses, so probes and fine-tuning see the same images. Every run starts from
-    ``model``'s weights and makes about ``steps`` SGD updates (so small sets are not under-trained), on
-    cached activations of the frozen blocks (exact: no augmentation, BatchNorm in inference mode).
+    ``model``'s weights and makes ``steps`` SGD updates of ``batch_size`` images (so small sets are not
+    under-trained), on cached activations of the frozen blocks (exact: no augmentation, BatchNorm in
+    inference mode); the training step is compiled once for all runs.
     Returns ``accuracies[i][j]`` for ``per_class[i]`` and ``seeds[j]``, the format of
     ``plots.sweep_curve``.
     """
@@ -374,15 +446,23 @@ def per_class_finetune_sweep(model: keras.Model, split, preprocess: Preprocess, 
     x_pool = activations(prefix, split.train, preprocess)
     x_test = activations(prefix, split.test, preprocess)
     y_pool = split.train.labels
+    surgery.freeze(model, train_last=train_last)
+    compile_classifier(suffix, lr, backbone_lr)  # once: every run has the same trainable layers
     results = []
     for n in per_class:
         accs = []
         for seed in seeds:
             idx = stratified_sample(y_pool, int(n), seed)
             model.set_weights(start)
+            _reset_optimizer(suffix)
             seed_everything(seed)
-            surgery.freeze(model, train_last=train_last)
-            fit_arrays(suffix, x_pool[idx], y_pool[idx], lr, backbone_lr, steps=steps, batch_size=batch_size)
+            batch = max(1, min(batch_size, len(idx)))
+            # exactly `steps` batches in one pass: consecutive seeded permutations of the n images, so tiny sets
+            # pay the per-epoch overhead of fit() once instead of dozens of times
+            rng = np.random.default_rng([int(seed), 5])
+            order = np.concatenate([rng.permutation(idx) for _ in range(-(-steps * batch // len(idx)))])
+            order = order[:steps * batch]
+            suffix.fit(x_pool[order], y_pool[order], batch_size=batch, epochs=1, shuffle=False, verbose=0)
             probs = _predict_arrays(suffix, x_test)
             accs.append(float(np.mean(probs.argmax(axis=1) == split.test.labels)))
         results.append(accs)
@@ -414,6 +494,46 @@ def train_head_on_features(train_features: np.ndarray, train_labels: np.ndarray,
                   train_accuracy=float(history.history["accuracy"][-1]),
                   extension_units=[int(u) for u in extension_units], seed=int(seed))
     return head, report
+
+
+def extension_sweep(train_features: np.ndarray, train_labels: np.ndarray, test_features: np.ndarray,
+                    test_labels: np.ndarray, classes: Sequence[str], extensions: dict[str, Sequence[int]],
+                    seeds: Sequence[int], epochs: int | None = None, steps: int | None = None, lr: float = 0.01,
+                    batch_size: int = 32, dropout: float = 0.2) -> dict[str, list[dict]]:
+    """``train_head_on_features`` for every extension (label -> units, ``()`` for the plain head) and seed,
+    at the same budget: ``{label: [report per seed]}`` (notebook ``06_extension_layers``).
+
+    Each configuration is compiled once; for each seed it gets the initial weights ``surgery.head_model``
+    draws with that seed and a fresh optimizer, and the seed sets the batch order. Reports as
+    ``train_head_on_features``'s.
+    """
+    from course_utils import surgery
+    from course_utils.settings import seed_everything
+
+    out: dict[str, list[dict]] = {}
+    batch = max(1, min(batch_size, len(train_labels)))
+    n_epochs, _ = schedule(len(train_labels), batch, steps, epochs)
+    for label, units in extensions.items():
+        model = None
+        out[label] = []
+        for seed in seeds:
+            fresh = surgery.head_model(train_features.shape[1], len(classes), units, dropout, seed)
+            if model is None:
+                model = fresh
+                compile_classifier(model, lr)
+            else:
+                model.set_weights(fresh.get_weights())
+                _reset_optimizer(model)
+            seed_everything(seed)
+            history = model.fit(train_features, train_labels, batch_size=batch, epochs=n_epochs, shuffle=True,
+                                verbose=0)
+            probs = _predict_arrays(model, test_features)
+            report = classification_report(test_labels, probs.argmax(axis=1), classes)
+            report.update(trainable_params=surgery.count_params(model)["trainable"],
+                          train_accuracy=float(history.history["accuracy"][-1]),
+                          extension_units=[int(u) for u in units], seed=int(seed))
+            out[label].append(report)
+    return out
 
 
 # --------------------------------------------------------------------------------------------------
@@ -484,7 +604,8 @@ class LRSweepResult:
 
     def table(self) -> str:
         """One line per rate: mean ± std test accuracy, final training loss, weight change, divergence."""
-        factor = "one rate for all layers" if not self.backbone_factor else f"pretrained layers at lr x {self.backbone_factor:g}"
+        factor = ("one rate for all layers" if not self.backbone_factor
+                  else f"pretrained layers at lr x {self.backbone_factor:g}")
         lines = [f"{factor}; starting point (untrained head): test accuracy {self.start_accuracy:.2f}",
                  f"{'lr':>8}  {'test acc':>11}  {'final loss':>10}  {'weights moved':>13}  diverged"]
         for i, rate in enumerate(self.rates):
@@ -505,10 +626,10 @@ def lr_sweep(model: keras.Model, split, preprocess: Preprocess, rates: Sequence[
     ``variants`` maps a label to a ``backbone_factor``: the new layers train at the rate, the pretrained
     ones at the rate times the factor (None: the same rate). Default: ``{"one rate": None}``. Every run
     starts from the same weights (``model``'s: pretrained backbone, untrained head) and trains ``epochs``
-    epochs of SGD with momentum 0.9; the test set is used once, after training. The frozen blocks are computed once per image for all runs
-    (``surgery.split_at_block``) and only the trained part runs each step: exact, since nothing frozen changes
-    without augmentation and with BatchNorm in inference mode. ``model`` gets its starting weights back at
-    the end. Returns one ``LRSweepResult`` per variant label.
+    epochs of SGD with momentum 0.9; the test set is used once, after training. The frozen blocks are
+    computed once per image for all runs (``surgery.split_at_block``) and only the trained part runs each
+    step: exact, since nothing frozen changes without augmentation and with BatchNorm in inference mode.
+    ``model`` gets its starting weights back at the end. Returns one ``LRSweepResult`` per variant label.
     """
     from course_utils import surgery
     from course_utils.backbones import block_names
@@ -534,6 +655,7 @@ def lr_sweep(model: keras.Model, split, preprocess: Preprocess, rates: Sequence[
     results = {}
     for label, factor in variants.items():
         result = LRSweepResult(rates, factor, train_last, num_classes, start_accuracy)
+        compiled = False
         for rate in result.rates:
             accs, losses, moved, diverged = [], [], [], []
             for j, seed in enumerate(seeds):
@@ -541,7 +663,13 @@ def lr_sweep(model: keras.Model, split, preprocess: Preprocess, rates: Sequence[
                 seed_everything(seed)
                 surgery.freeze(model, train_last=train_last)
                 before = [np.array(v) for v in _pretrained_trainable(model)]
-                compile_classifier(suffix, rate, rate * factor if factor else None)
+                if not compiled:
+                    compile_classifier(suffix, rate, rate * factor if factor else None)
+                    compiled = True
+                else:  # same optimizer, fresh state: what compiling again would give, without re-tracing
+                    for var in suffix.optimizer.variables:
+                        var.assign(keras.ops.zeros(var.shape, dtype=var.dtype))
+                    suffix.optimizer.learning_rate = rate
                 with np.errstate(all="ignore"):
                     history = suffix.fit(x_train, y_train, batch_size=batch, epochs=int(epochs), shuffle=True,
                                          verbose=0).history

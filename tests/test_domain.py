@@ -76,6 +76,16 @@ def test_normal_model_reproduces_measured_mean_features(lite0):
     assert domain.cosine_distance(estimate, pooled.mean(axis=0)) < 0.02
 
 
+def test_other_backbones_relu6_and_swish():
+    """Untrained BatchNorm (gamma 1, beta 0, variance 1) means N(0, 1) inputs: known means after the activation."""
+    z = np.random.default_rng(2).standard_normal(1_000_000)
+    mobilenet = keras.applications.MobileNetV2(weights=None, input_shape=(32, 32, 3))
+    np.testing.assert_allclose(domain.imagenet_mean_features(mobilenet), np.clip(z, 0, 6).mean(), atol=0.005)
+    efficientnet = keras.applications.EfficientNetB0(weights=None, input_shape=(32, 32, 3))
+    np.testing.assert_allclose(domain.imagenet_mean_features(efficientnet), (z / (1 + np.exp(-z))).mean(),
+                               atol=0.005)
+
+
 def test_backbone_without_batchnorm_before_pooling_is_refused():
     inputs = keras.Input((32, 32, 3))
     x = keras.layers.Conv2D(8, 3, activation="relu")(inputs)

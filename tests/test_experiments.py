@@ -143,14 +143,16 @@ def test_reading_helpers():
 
 def test_cached_path_gives_the_naive_accuracy(flowers_dir, cache_env):
     """Same data, same initial weights, same batches: training on cached prefix activations is exact."""
+    last2 = {"kind": "finetune_last", "blocks": 2}
     config = ex.load_config(tiny_config(
         flowers_dir, image_size=64, test_per_class=6, seeds=[0], per_class=[3], lr=[0.05], steps=[4],
-        topologies=["frozen_head", {"kind": "finetune_last", "blocks": 2}, {"kind": "reinit_top", "blocks": 1}]))
+        topologies=["frozen_head", last2, {"kind": "reinit_top", "blocks": 1}],
+        experiments={"topologies": {}, "again": {"lr": [0.01], "topologies": [last2]}}))  # reuses the compiled suffix
     runs = ex.expand(config)
     cached = ex.run_sweep(config, out=cache_env / "cached.jsonl", cache=True, progress=False)
     naive = ex.run_sweep(config, out=cache_env / "naive.jsonl", cache=False, progress=False)
     by_id = {r["id"]: r for r in naive.rows}
-    assert len(cached.rows) == len(naive.rows) == len(runs) == 3
+    assert len(cached.rows) == len(naive.rows) == len(runs) == 4
     for row in cached.rows:
         other = by_id[row["id"]]
         assert (row["path"], other["path"]) == ("cached", "naive")

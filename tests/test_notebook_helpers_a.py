@@ -206,3 +206,23 @@ def test_check_layerwise_rates_accepts_right_optimizer_and_rejects_wrong_ones():
         grading.check_layerwise_rates(training.make_optimizer(model, 0.1, backbone_lr=0.001), model, 0.01, 0.001)
     with pytest.raises(AssertionError, match="not set"):
         grading.check_layerwise_rates(None, model, 0.01, 0.001)
+
+
+def test_show_as_jpeg_displays_and_closes(capsys):
+    import matplotlib.pyplot as plt
+
+    fig = plots.class_grid(_image_split(n_per_class=2).train, per_class=2)
+    plots.show_as_jpeg(fig, quality=70)
+    assert not plt.fignum_exists(fig.number)
+    assert "Image" in capsys.readouterr().out  # outside IPython, display() prints the object
+
+
+def test_lr_sweep_later_rates_match_a_fresh_compile():
+    """Runs after the first reuse the compiled optimizer with a fresh state; the result equals a fresh sweep."""
+    split = _image_split()
+    model = models.small_cnn(16, 2, widths=(4, 8), dropout=0.0, seed=0)
+    both = training.lr_sweep(model, split, lambda x: x, [0.05, 0.01], train_last=2, epochs=2, batch_size=4)
+    alone = training.lr_sweep(model, split, lambda x: x, [0.01], train_last=2, epochs=2, batch_size=4)
+    np.testing.assert_allclose(both["one rate"].histories[1]["loss"], alone["one rate"].histories[0]["loss"],
+                               rtol=1e-4)
+    assert both["one rate"].accuracy[1] == alone["one rate"].accuracy[0]

@@ -153,6 +153,21 @@ def test_batchnorm_mode_comparison_scales_lr_and_keeps_the_model(model, split, p
         training.batchnorm_mode_comparison(model, split, preprocess, train_last=0)
 
 
+def test_extension_finetune_comparison_restores_the_backbone(split, preprocess):
+    keras.utils.set_random_seed(0)
+    base = backbones.load_backbone(weights=None, input_size=SIZE)
+    start = [w.copy() for w in base.get_weights()]
+    rows = training.extension_finetune_comparison(base, split, preprocess, {"plain": (), "ext": (8,)}, train_last=1,
+                                                  epochs=1, batch_size=6, head_epochs=1)
+    assert list(rows) == ["plain", "ext"] and rows["ext"]["extension_units"] == [8]
+    assert rows["ext"]["trainable"] - rows["plain"]["trainable"] == (1280 * 8 + 8 + 8 * 3 + 3) - (1280 * 3 + 3)
+    assert all(r["path"] == "cached" and 0.0 <= r["accuracy"] <= 1.0 for r in rows.values())
+    for var, old in zip(base.get_weights(), start):
+        np.testing.assert_array_equal(var, old)
+    with pytest.raises(ValueError, match="at least one"):
+        training.extension_finetune_comparison(base, split, preprocess, {})
+
+
 def test_per_class_finetune_sweep_shape(model, split, preprocess):
     accs = training.per_class_finetune_sweep(model, split, preprocess, per_class=[2, 4], seeds=[0, 1],
                                              train_last=1, steps=2, batch_size=4)
@@ -170,6 +185,20 @@ def test_train_head_on_features_learns_separable_features():
     assert report["accuracy"] > 0.9
     assert report["trainable_params"] == 20 * 8 + 8 + 8 * 3 + 3 == surgery.count_params(head)["trainable"]
     assert report["extension_units"] == [8] and report["seed"] == 1
+
+
+def test_extension_sweep_restarts_every_seed_from_fresh_weights():
+    rng = np.random.default_rng(0)
+    centers = rng.normal(0, 3, (3, 20))
+    y = np.repeat(np.arange(3), 20)
+    x = (centers[y] + rng.normal(0, 0.5, (60, 20))).astype("float32")
+    out = training.extension_sweep(x, y, x, y, CLASSES, {"plain": (), "ext": (8,)}, seeds=[0, 1, 0], epochs=20,
+                                   lr=0.05, batch_size=16)
+    assert list(out) == ["plain", "ext"] and [r["seed"] for r in out["ext"]] == [0, 1, 0]
+    assert out["plain"][0]["trainable_params"] == 20 * 3 + 3 and out["ext"][0]["extension_units"] == [8]
+    assert all(r["accuracy"] > 0.9 for reports in out.values() for r in reports)
+    # seed 0 again after seed 1: the optimizer state and weights were reset, so the loss curve starts afresh
+    assert out["ext"][2]["train_accuracy"] == pytest.approx(out["ext"][0]["train_accuracy"], abs=0.05)
 
 
 # ----------------------------------------------------------------------------- features and plots
