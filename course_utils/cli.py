@@ -190,8 +190,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     config = experiments.load_config(args.config, data=args.data)
     result = experiments.run_sweep(config, out=args.out, cache=not args.no_cache)
     print(result)
-    rows = experiments.select(experiments.load_results(result.path), experiments.expand(config))
-    print(experiments.format_summary(experiments.summarize(rows)))
+    print(experiments.report(config, experiments.load_results(result.path)))
     return 0
 
 

@@ -938,6 +938,18 @@ def format_summary(table: Sequence[Mapping]) -> str:
     return "\n".join(lines)
 
 
+def report(config: SweepConfig, rows: Iterable[Mapping]) -> str:
+    """Per experiment of ``config``: mean ± std over seeds by topology and the axes that experiment varies."""
+    rows = list(rows)
+    lines = []
+    for name, runs in experiment_runs(config).items():
+        grid = config.grids[name]
+        varied = [axis for axis in ("per_class", "lr", "steps", "backbone_lr_factor") if len(grid[axis]) > 1]
+        chosen = select(rows, runs)
+        lines += [f"{name}: {len(chosen)} of {len(runs)} runs", format_summary(summarize(chosen, ("topology", *varied)))]
+    return "\n".join(lines)
+
+
 def mean_confusion(rows: Iterable[Mapping]) -> dict:
     """Summed confusion matrix of several runs, as a report ``plots.confusion_matrix`` can draw."""
     rows = list(rows)

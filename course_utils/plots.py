@@ -127,11 +127,15 @@ def class_grid(image_set, per_class: int = 4, seed: int = 0, size: float = 1.6):
     return fig
 
 
-def freeze_depth(rows: Sequence[Mapping], ax=None, label: str = "test accuracy", params: bool = True):
+def freeze_depth(rows: Sequence[Mapping], ax=None, label: str = "test accuracy", params: bool = True,
+                 n_test: int | None = None, min_span: float = 0.2):
     """Accuracy against how many blocks train (rows of ``training.freeze_depth_sweep``), notebook ``04_freezing``.
 
     Rows with the same ``train_last`` (several seeds) give mean ± std. The x axis is categorical (0, 1, 2,
     4, all), and with ``params`` the trainable parameter count is drawn as gray bars on a log axis behind.
+    With ``n_test`` (test images), a band of ± 2 binomial standard deviations around the first setting's
+    accuracy shows the test noise. The accuracy axis spans at least ``min_span``, so that differences of a
+    test image or two do not look like a trend.
     """
     ax = _axes(ax, figsize=(6, 3.8))
     ks = sorted({int(r["train_last"]) for r in rows})
@@ -145,8 +149,19 @@ def freeze_depth(rows: Sequence[Mapping], ax=None, label: str = "test accuracy",
         ax.set_zorder(twin.get_zorder() + 1)
         ax.patch.set_visible(False)
     acc = [[r["accuracy"] for r in g] for g in groups]
-    ax.errorbar(pos, [np.mean(a) for a in acc], yerr=[np.std(a) for a in acc], marker="o", capsize=3,
-                label=label)
+    means = [float(np.mean(a)) for a in acc]
+    ax.errorbar(pos, means, yerr=[np.std(a) for a in acc], marker="o", capsize=3, label=label)
+    low, high = min(means), max(means)
+    if n_test:
+        ref = means[0]
+        band = 2 * np.sqrt(ref * (1 - ref) / n_test)
+        ax.axhspan(ref - band, ref + band, color="tab:blue", alpha=0.1,
+                   label=f"{_first_label(ks)} ± 2 sd test noise")
+        low, high = min(low, ref - band), max(high, ref + band)
+    if high - low < min_span:
+        middle = (high + low) / 2
+        low, high = middle - min_span / 2, middle + min_span / 2
+    ax.set_ylim(max(0.0, low - 0.01), min(1.0, high + 0.01))
     names = [f"{k}\n({g[0]['first_trained']})" if k else "0\n(head only)" for k, g in zip(ks, groups)]
     ax.set_xticks(pos, names, fontsize=7)
     ax.set_xlabel("blocks trained (first trained block)")
@@ -154,6 +169,11 @@ def freeze_depth(rows: Sequence[Mapping], ax=None, label: str = "test accuracy",
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="lower right")
     return ax
+
+
+def _first_label(ks: Sequence[int]) -> str:
+    """Label of the first setting of a freeze-depth plot ("head only" for 0 blocks)."""
+    return "head only" if ks and ks[0] == 0 else f"{ks[0]} blocks"
 
 
 def per_layer(values: Mapping[str, Mapping[str, float]], ylabel: str, ax=None, logy: bool = False,

@@ -17,6 +17,8 @@ import pytest
 
 from course_utils import experiments as ex
 
+pytestmark = pytest.mark.filterwarnings("ignore::sklearn.exceptions.ConvergenceWarning")  # 2-4 images per class
+
 REPO = Path(__file__).resolve().parents[1]
 QUICK = REPO / "configs" / "quick.yaml"
 

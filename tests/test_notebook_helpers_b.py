@@ -217,8 +217,10 @@ def test_probe_sweep_uses_stratified_subsets():
 def test_freeze_depth_and_per_layer_plots():
     rows = [{"train_last": k, "first_trained": b, "trainable": p, "accuracy": a}
             for k, b, p, a in [(0, "(new layers only)", 10, 0.7), (2, "block7a", 1000, 0.8), (2, "block7a", 1000, 0.9)]]
-    ax = plots.freeze_depth(rows)
+    ax = plots.freeze_depth(rows, n_test=200)
     assert len(ax.get_xticks()) == 2
+    low, high = ax.get_ylim()
+    assert high - low >= 0.2 and low <= 0.7 - 2 * np.sqrt(0.7 * 0.3 / 200)  # the noise band is inside
     ax = plots.per_layer({"train": {"a_bn": 0.1, "b_bn": 0.0}, "inference": {"a_bn": 0.0, "b_bn": 0.0}}, "drift")
     assert len(ax.get_lines()) == 2
     matplotlib.pyplot.close("all")
