@@ -64,22 +64,13 @@ def probe_to_dense(probe, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
     return kernel.astype("float32"), bias.astype("float32")
 
 
-def _head_model(dim: int, num_classes: int, seed: int) -> keras.Model:
-    inputs = keras.Input((dim,))
-    x = keras.layers.Dropout(0.2, seed=seed, name="head_dropout")(inputs)
-    out = keras.layers.Dense(num_classes, activation="softmax", name=surgery.HEAD_NAME,
-                             kernel_initializer=keras.initializers.GlorotUniform(seed=seed))(x)
-    return keras.Model(inputs, out)
-
-
 def fit_head_on_features(feats: np.ndarray, labels: np.ndarray, num_classes: int, recipe: Recipe) -> list:
     """Train the new head on cached features (exactly a frozen backbone without augmentation); its weights."""
-    head = _head_model(feats.shape[1], num_classes, recipe.seed)
-    training.compile_classifier(head, recipe.lr)
-    n_epochs, per_epoch = training.schedule(len(labels), recipe.batch_size, recipe.steps, recipe.epochs)
-    if recipe.method == "finetune":
-        n_epochs = max(n_epochs, 10)
-    head.fit(feats, labels, batch_size=recipe.batch_size, epochs=n_epochs, shuffle=True, verbose=0)
+    head = surgery.head_model(feats.shape[1], num_classes, seed=recipe.seed)
+    epochs, steps = recipe.epochs, recipe.steps
+    if recipe.method == "finetune":  # warm start before fine-tuning: ten passes over the features
+        epochs, steps = 10, None
+    training.fit_arrays(head, feats, labels, recipe.lr, epochs=epochs, steps=steps, batch_size=recipe.batch_size)
     return head.get_layer(surgery.HEAD_NAME).get_weights()
 
 
