@@ -61,7 +61,8 @@ IMAGE_EXTENSIONS = frozenset(
 JUNK_NAMES = frozenset({"thumbs.db", "ehthumbs.db", "desktop.ini", "__macosx", "__pycache__", ".ds_store"})
 TEST_FOLDER_NAMES = ("test", "val", "validation")
 COURSE_TFDS = ("tf_flowers", "oxford_flowers102", "caltech_birds2011")
-SPEC_HELP = "a dataset spec is a folder, tfds:NAME or sklearn:digits"
+SPEC_HELP = "a dataset spec is a folder, tfds:NAME, sample:eurosat or sklearn:digits"
+SAMPLES = {"eurosat": "a 300-image EuroSAT RGB sample that ships with the course (MIT licence)"}
 PROGRESS_MIN_IMAGES = 200  # show a progress bar from this many images on (COURSE_PROGRESS=0 turns it off)
 MAX_LISTED = 20  # bad files named in the warning
 ZOOM_MIN = 0.85  # augmentation: a random square crop of 85-100 % of the side, resized back
@@ -430,6 +431,11 @@ def _folder_source(root: Path, image_size: int) -> _Source:
     )
 
 
+def sample_dir(name: str) -> Path:
+    """The folder of a sample that ships inside the package, e.g. ``sample:eurosat`` (notebook 00_setup)."""
+    return Path(__file__).resolve().parent / "resources" / name
+
+
 def _digits_source(image_size: int) -> _Source:
     """sklearn's 8x8 digits (values 0-16) as RGB uint8 0-255, upscaled bilinearly (notebook 00_setup)."""
     from sklearn.datasets import load_digits
@@ -495,6 +501,8 @@ def _tfds_builder(tfds: Any, name: str) -> Any:
     try:
         builder = tfds.builder(name, data_dir=str(data_dir))
         if not builder.is_prepared():
+            print(f"tfds:{name}: downloading {builder.info.download_size} once into {data_dir}; later runs read "
+                  "it from there.", flush=True)
             builder.download_and_prepare()
     except ImportError as exc:  # e.g. etils needs importlib_resources to download
         raise DatasetError(
@@ -560,6 +568,11 @@ def _tfds_source(name: str, image_size: int) -> _Source:
 def _open_source(spec: str, image_size: int) -> _Source:
     if spec.startswith("tfds:"):
         return _tfds_source(spec[len("tfds:") :].strip(), image_size)
+    if spec.startswith("sample:"):
+        name = spec[len("sample:") :].strip()
+        if name not in SAMPLES:
+            raise DatasetError(f"unknown sample {spec!r}: the course ships {', '.join('sample:' + n for n in SAMPLES)}")
+        return _folder_source(sample_dir(name), image_size)
     if spec.startswith("sklearn:"):
         if spec != "sklearn:digits":
             raise DatasetError(f"unknown spec {spec!r}: the only sklearn dataset is sklearn:digits ({SPEC_HELP})")

@@ -2,14 +2,16 @@
 
 Explained in notebook ``00_setup``. Environment variables:
 
-- ``COURSE_QUICK``: ``1`` (default) for quick mode: offline, 2 CPU cores, small images, a few minutes;
+- ``COURSE_QUICK``: ``1`` (default) for quick mode: 2 CPU cores, small images, a few minutes a notebook;
   ``0`` for full mode: real tfds datasets, 224-px images, a GPU.
-- ``COURSE_DATA``: a dataset spec (a folder, ``tfds:NAME`` or ``sklearn:digits``). Unset, quick mode uses the
-  tf_flowers subset in ``../shared/data/flowers`` when it is there, else ``sklearn:digits`` (which ships with
-  scikit-learn), and full mode uses ``tfds:tf_flowers``.
+- ``COURSE_DATA``: a dataset spec (a folder, ``tfds:NAME``, ``sample:eurosat`` or ``sklearn:digits``). Unset,
+  quick mode uses ``tfds:tf_flowers`` when the machine is online (downloaded once, then sampled with a fixed
+  seed) and ``sample:eurosat`` (real satellite photos that ship with the course) when it is offline; full mode
+  uses ``tfds:tf_flowers``.
 - ``COURSE_CACHE``: where features and results are cached (default ``<repo>/data``).
-"""
-
+- ``COURSE_DATA_DIR``: where ``tfds:`` datasets are downloaded (default ``<repo>/data/tfds``).
+- ``COURSE_PROGRESS``: ``0`` hides progress bars (the committed notebooks are run that way).
+- ``COURSE_REPO_URL``: the git repository that the Colab setup cells clone (default ``REPO_URL``).
 from __future__ import annotations
 
 import os
@@ -18,14 +20,15 @@ from pathlib import Path
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 REPO_ROOT = PACKAGE_DIR.parent
-FALLBACK_SPEC = "sklearn:digits"
+REPO_URL = "https://github.com/finetune-course/finetune-cnn-course"  # the one place the repository is named
+OFFLINE_SPEC = "sample:eurosat"
+ONLINE_SPEC = "tfds:tf_flowers"
 FULL_DEFAULT_SPEC = "tfds:tf_flowers"
 
 
-def shared_flowers() -> Path | None:
-    """The tf_flowers subset beside the repo (``../shared/data/flowers``), or None when it is absent."""
-    path = REPO_ROOT.parent / "shared" / "data" / "flowers"
-    return path if (path / "train").is_dir() else None
+def repo_url() -> str:
+    """The repository that badges and Colab setup cells point to: ``COURSE_REPO_URL``, else ``REPO_URL``."""
+    return os.environ.get("COURSE_REPO_URL", "").strip() or REPO_URL
 
 
 def is_quick() -> bool:
@@ -67,17 +70,18 @@ class Settings:
                 f"images: {self.image_size}x{self.image_size} px, {sizes}; seeds {self.seeds}")
 
 
-def _choose_data(quick: bool, full_default: str) -> tuple[str, str]:
+def _choose_data(quick: bool, full_default: str, online: bool | None = None) -> tuple[str, str]:
+    """(spec, where it came from, in words): COURSE_DATA, else the mode's default (notebook ``00_setup``)."""
     spec = os.environ.get("COURSE_DATA", "").strip()
     if spec:
         return spec, "from COURSE_DATA"
     if not quick:
         return full_default, "full-mode default; set COURSE_DATA to change it"
-    flowers = shared_flowers()
-    if flowers is not None:
-        return str(flowers), "the tf_flowers subset in ../shared"
-    return FALLBACK_SPEC, ("no COURSE_DATA and no ../shared/data/flowers: falling back to scikit-learn's "
-                           "digits, which ship with scikit-learn (far from ImageNet; numbers will differ)")
+    if online if online is not None else is_online():
+        return ONLINE_SPEC, ("online: tf_flowers from TensorFlow Datasets, downloaded once into the cache and "
+                             "sampled with a fixed seed; set COURSE_DATA to change it")
+    return OFFLINE_SPEC, ("offline and no COURSE_DATA: real EuroSAT satellite photos that ship with the course "
+                          "(MIT licence; far from ImageNet, so numbers differ from the flowers run shown)")
 
 
 def get_settings(full_default: str = FULL_DEFAULT_SPEC, quick_image_size: int = 160,
