@@ -12,6 +12,8 @@ Explained in notebook ``00_setup``. Environment variables:
 - ``COURSE_DATA_DIR``: where ``tfds:`` datasets are downloaded (default ``<repo>/data/tfds``).
 - ``COURSE_PROGRESS``: ``0`` hides progress bars (the committed notebooks are run that way).
 - ``COURSE_REPO_URL``: the git repository that the Colab setup cells clone (default ``REPO_URL``).
+"""
+
 from __future__ import annotations
 
 import os
@@ -102,7 +104,7 @@ def get_settings(full_default: str = FULL_DEFAULT_SPEC, quick_image_size: int = 
 
 def seed_everything(seed: int) -> None:
     """Seed Python, NumPy and the Keras backend (``keras.utils.set_random_seed``)."""
-    import keras
+    from course_utils.quiet import keras  # lazy: importing this module must not load TensorFlow
 
     keras.utils.set_random_seed(int(seed))
 
@@ -157,7 +159,7 @@ def _accelerators(backend: str) -> list[str]:
     """Names of the GPUs/TPUs the active Keras backend sees (empty list: CPU only)."""
     try:
         if backend == "tensorflow":
-            import tensorflow as tf
+            from course_utils.quiet import tensorflow as tf  # lazy: only this path needs TensorFlow
 
             return [d.name for d in tf.config.list_physical_devices() if d.device_type in ("GPU", "TPU")]
         if backend == "jax":
@@ -184,7 +186,7 @@ def environment_report(check_online: bool = True, timeout: float = 1.0) -> dict:
     import importlib.util
     import platform
 
-    import keras
+    from course_utils.quiet import keras  # lazy: importing this module must not load TensorFlow
 
     from course_utils import backbones
     from course_utils.data import tfds_data_dir
