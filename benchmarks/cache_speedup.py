@@ -62,14 +62,14 @@ def throughput(config, steps: int) -> dict[str, float]:
     """Images/s: forward pass of the whole network, naive training steps, cached training steps."""
     import numpy as np
 
-    from course_utils import experiments as ex, training
+    from course_utils import evaluation, experiments as ex, training
 
     engine = ex.Engine(config.backbone, config.weights, config.image_size, cache=True, disk_cache=False)
     size, batch = config.image_size, config.batch_size
     images = np.random.default_rng(0).integers(0, 256, (8 * batch, size, size, 3), dtype=np.uint8)
     labels = np.arange(len(images)) % 5
     features = ex.extractor(engine.base, [engine.boundary(0)])
-    figures = {"forward": _rate(lambda: ex.forward(features, images, engine.preprocess), len(images))}
+    figures = {"forward": _rate(lambda: evaluation.predict(features, images, engine.preprocess), len(images))}
     order = ex.batch_order(len(images), batch, steps + 1, 0)
     for label, topology in (("frozen_head", "frozen_head"), ("last2", {"kind": "finetune_last", "blocks": 2}),
                             ("all", "finetune_all")):
@@ -81,7 +81,7 @@ def throughput(config, steps: int) -> dict[str, float]:
         figures[f"train_naive_{label}"] = _train_rate(flat, images, labels, order, engine.preprocess)
         if boundary is not None:
             suffix = ex.keras_suffix(flat, boundary)
-            acts = ex.forward(ex.extractor(engine.base, [boundary]), images, engine.preprocess)[0]
+            acts = evaluation.predict(ex.extractor(engine.base, [boundary]), images, engine.preprocess)
             training.compile_classifier(suffix, 0.01, 0.001)
             figures[f"train_cached_{label}"] = _train_rate(suffix, acts, labels, order, None)
         engine.reset_weights()

@@ -27,6 +27,7 @@ other naming (Inception, DenseNet...): a layer no rule knows joins the block of 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -36,14 +37,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import keras
 import numpy as np
 from PIL import Image
 
+from course_utils import evaluation
+from course_utils.quiet import keras
 from course_utils.torch_pickle import load_legacy_state_dict
 
 __all__ = [
-    "BACKBONES", "BackboneInfo", "WeightsUnavailableError", "available_backbones", "block_names",
+    "BACKBONES", "BackboneInfo", "WeightsFileError", "WeightsUnavailableError", "available_backbones", "block_names",
     "block_of", "build_efficientnet_lite0", "canonical_name", "efficientnet_lite0",
     "efficientnet_lite0_checkpoint", "feature_layer", "get_preprocess", "imagenet_classes",
     "layer_blocks", "load_backbone", "load_lite0_state_dict", "predict_top_k", "preprocess",
@@ -327,16 +329,42 @@ def efficientnet_lite0(weights: str | os.PathLike | None = "imagenet", input_siz
     if weights is None:
         return build_efficientnet_lite0(input_size)
     path = efficientnet_lite0_checkpoint() if str(weights) == "imagenet" else _existing_file(weights)
-    if path.suffix in (".pth", ".pt"):
-        state = load_legacy_state_dict(path)
-        model = build_efficientnet_lite0(input_size)
-        load_lite0_state_dict(model, state)
-    elif path.name.endswith((".keras", ".weights.h5")):
-        model = build_efficientnet_lite0(input_size)
-        model.load_weights(path)
-    else:
+    if not path.name.endswith((".pth", ".pt", ".keras", ".weights.h5")):
         raise ValueError(f"{path}: expected a .pth, .keras or .weights.h5 file for {LITE0}")
+    model = build_efficientnet_lite0(input_size)
+    if path.suffix in (".pth", ".pt"):
+        with _weights_errors(path, LITE0):
+            state = load_legacy_state_dict(path)
+        load_lite0_state_dict(model, state)
+    else:
+        with _weights_errors(path, LITE0):
+            model.load_weights(path)
     return model
+
+
+class WeightsFileError(ValueError):
+    """A weights file that cannot be read into the backbone (damaged, or another model's); names the file."""
+
+
+@contextlib.contextmanager
+def _weights_errors(path: Path, name: str) -> Iterator[None]:
+    """Turn any failure to read ``path`` into one WeightsFileError saying what to pass instead (Keras'
+    warnings about that file are dropped then; after a successful load they are shown as usual)."""
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            yield
+        except Exception as err:  # noqa: BLE001 - truncated zip, bad HDF5, wrong shapes: all the same advice
+            reason = (str(err).splitlines() or [""])[0][:160]
+            raise WeightsFileError(
+                f"cannot load weights from {path} into {name} ({type(err).__name__}: {reason}). Pass --weights "
+                f"imagenet or a weights file of {name}; a model saved by `train --save` is used with "
+                f"`predict --model {path}`"
+            ) from None
+    for warning in caught:
+        warnings.warn(warning.message, warning.category, stacklevel=3)
 
 
 # ----------------------------------------------------------------------------- keras.applications
@@ -374,7 +402,8 @@ def _keras_application(name: str, weights: str | os.PathLike | None, input_size:
             raise WeightsUnavailableError(_offline_message(name, err)) from err
     path = _existing_file(weights)
     model = constructor(weights=None, input_shape=shape)
-    model.load_weights(path)
+    with _weights_errors(path, name):
+        model.load_weights(path)
     return model
 
 
@@ -501,7 +530,7 @@ def predict_top_k(model: keras.Model, name: str, images: np.ndarray, k: int = 5,
     expected = tuple(model.input_shape[1:3])
     if None not in expected and tuple(batch.shape[1:3]) != expected:
         raise ValueError(f"images are {batch.shape[1:3]}, the model wants {expected}; use to_model_input()")
-    probs = np.asarray(model.predict(batch, batch_size=batch_size, verbose=0))
+    probs = evaluation.predict(model, batch, batch_size=batch_size)
     if probs.ndim != 2 or probs.shape[1] != 1000:
         raise ValueError(f"model output {probs.shape} is not a 1000-way ImageNet softmax")
     classes = _imagenet_classes()

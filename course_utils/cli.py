@@ -7,42 +7,69 @@ numbers from the shell as from a notebook.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
+from course_utils import checks
+
 
 def _add_predict(sub) -> None:
-    p = sub.add_parser("predict", help="top-K ImageNet classes of one or more images")
+    p = sub.add_parser("predict", help="top-K classes of one or more images: ImageNet, or a model from train --save")
     p.add_argument("images", nargs="+", help="image files (jpg, png, ...)")
+    p.add_argument("--model", type=Path, default=None,
+                   help="a .keras model saved by train --save: print its own classes (--backbone/--weights unused)")
     p.add_argument("--backbone", default="efficientnet_lite0", help="efficientnet_lite0 (offline) or a keras.applications name")
     p.add_argument("--weights", default="imagenet", help="'imagenet' or a weights file (.pth for efficientnet_lite0, .keras/.h5)")
-    p.add_argument("--top", type=int, default=5, help="how many classes to print per image")
-    p.add_argument("--size", type=int, default=224, help="input size in pixels")
+    p.add_argument("--top", type=checks.number("--top", 1, integer=True), default=5,
+                   help="how many classes to print per image (at least 1)")
+    p.add_argument("--size", type=checks.number("--size", *checks.IMAGE_SIZE, integer=True), default=224,
+                   help="input size in pixels, 32-1024 (with --model: the model's own)")
     p.set_defaults(func=cmd_predict)
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    """Print the top-K ImageNet classes with probabilities for each image."""
+    """Print the top-K classes with probabilities for each image; a file that cannot be read gets one
+    ``error:`` line and the next one is processed (exit code 2 when any failed)."""
     import numpy as np
 
-    from course_utils import backbones
-    from course_utils.data import decode_image
+    from course_utils import backbones, evaluation, recipes
+    from course_utils.data import decode_or_reason
 
     missing = [p for p in args.images if not Path(p).is_file()]
     if missing:
         raise FileNotFoundError(f"no such image file: {', '.join(missing)}. Check the path(s); "
                                 "any JPEG, PNG, BMP, GIF or WebP photo works.")
-    model = backbones.load_backbone(args.backbone, weights=args.weights, input_size=args.size)
+    if args.model is not None:
+        model, info = recipes.load_model(args.model)
+        size, backbone = int(model.input_shape[1] or args.size), info.get("backbone", args.backbone)
+        classes = _class_names(info, int(model.output_shape[-1]), args.model)
+    else:
+        model = backbones.load_backbone(args.backbone, weights=args.weights, input_size=args.size)
+        size, backbone, classes = args.size, args.backbone, backbones.imagenet_classes()
+    preprocess, failed = backbones.get_preprocess(backbone), 0
     for path in args.images:
-        image = decode_image(path, args.size)
-        top = backbones.predict_top_k(model, args.backbone, np.stack([image]), k=args.top)[0]
+        image, reason = decode_or_reason(path, size)
+        if image is None:
+            print(f"error: {path}: {reason}; skipped", file=sys.stderr, flush=True)
+            failed += 1
+            continue
+        probs = np.asarray(evaluation.predict(model, image[None], preprocess))[0]
         print(path)
-        for name, prob in top:
-            print(f"  {prob:6.1%}  {name}")
-    return 0
+        for i in np.argsort(-probs)[:args.top]:
+            print(f"  {probs[i]:6.1%}  {classes[i]}")
+    return 2 if failed else 0
+
+
+def _class_names(info: dict, n_outputs: int, path: Path) -> list[str]:
+    """The class names saved with a model (``recipes.save_model``), else ``class 0``, ``class 1``, ..."""
+    classes = list(info.get("classes") or [])
+    if len(classes) != n_outputs:
+        print(f"note: {path} has no class names saved with it (not from train --save); numbering them",
+              file=sys.stderr)
+        classes = [f"class {i}" for i in range(n_outputs)]
+    return classes
 
 
 def _add_train(sub) -> None:
@@ -51,50 +78,68 @@ def _add_train(sub) -> None:
     p.add_argument("--backbone", default="efficientnet_lite0")
     p.add_argument("--weights", default="imagenet")
     p.add_argument("--method", default="logreg", choices=["svm", "logreg", "head", "finetune"])
-    p.add_argument("--unfreeze", type=int, default=2, help="finetune: how many of the last blocks to train")
-    p.add_argument("--per-class", type=int, default=None, help="training images per class (stratified sample)")
-    p.add_argument("--test-per-class", type=int, default=None, help="test images per class")
-    p.add_argument("--size", type=int, default=224, help="image size in pixels")
-    p.add_argument("--lr", type=float, default=0.01, help="base learning rate (new layers)")
-    p.add_argument("--backbone-lr", type=float, default=None, help="rate for pretrained layers (default lr/10)")
+    p.add_argument("--unfreeze", type=checks.number("--unfreeze", 1, integer=True), default=2,
+                   help="finetune: how many of the last blocks to train (1 to the backbone's number of blocks)")
+    p.add_argument("--per-class", type=checks.number("--per-class", 1, integer=True), default=None,
+                   help="training images per class (stratified sample)")
+    p.add_argument("--test-per-class", type=checks.number("--test-per-class", 1, integer=True), default=None,
+                   help="test images per class")
+    p.add_argument("--size", type=checks.number("--size", *checks.IMAGE_SIZE, integer=True), default=224,
+                   help="image size in pixels, 32-1024")
+    p.add_argument("--lr", type=checks.number("--lr", 0, checks.LR_MAX, low_open=True), default=0.01,
+                   help="base learning rate (new layers), 0 < --lr <= 10")
+    p.add_argument("--backbone-lr", type=checks.number("--backbone-lr", 0, checks.LR_MAX), default=None,
+                   help="rate for pretrained layers, 0-10 (default lr/10)")
     group = p.add_mutually_exclusive_group()
-    group.add_argument("--steps", type=int, default=None, help="training iterations")
-    group.add_argument("--epochs", type=int, default=None, help="training epochs")
+    group.add_argument("--steps", type=checks.number("--steps", 1, 10**6, integer=True), default=None,
+                       help="training iterations")
+    group.add_argument("--epochs", type=checks.number("--epochs", 1, 10**4, integer=True), default=None,
+                       help="training epochs")
     p.add_argument("--augment", action="store_true", help="random flips and crops while fine-tuning")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=checks.number("--seed", 0, checks.SEED_MAX, integer=True), default=0)
     p.add_argument("--json", type=Path, default=None, help="write the results here")
     p.add_argument("--save", type=Path, default=None, help="save the trained model (.keras)")
     p.set_defaults(func=cmd_train)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    """Train with one of the four methods, print and save the report."""
-    from course_utils import data, recipes
+    """Train with one of the four methods, print the report, save the model, then write the report.
 
-    if args.save is not None and args.save.suffix != ".keras":
-        raise ValueError(f"--save must end in .keras (got {args.save}); Keras 3 saves models in that format.")
-    split = data.load_dataset(args.data, image_size=args.size, per_class=args.per_class, seed=args.seed,
-                              test_per_class=args.test_per_class)
-    print(data.describe(split))
+    Everything is checked before the data are loaded: the numbers (argparse), the output paths (their
+    folders are made and must be writable), the backbone and its weights, ``--unfreeze`` and, after the
+    split, one training and one test image in every class. A diverged run writes its report (no accuracy),
+    saves no model and ends with an ``error:`` line.
+    """
+    from course_utils import backbones, data, recipes
+
+    save = checks.output_path(args.save, "--save", ".keras") if args.save is not None else None
+    out = checks.output_path(args.json, "--json") if args.json is not None else None
     recipe = recipes.Recipe(method=args.method, backbone=args.backbone, weights=args.weights, lr=args.lr,
                             backbone_lr=args.backbone_lr, steps=args.steps, epochs=args.epochs,
                             unfreeze=args.unfreeze, augment=args.augment, seed=args.seed)
-    model, report = recipes.run(split, recipe, verbose=1)
+    base = backbones.load_backbone(args.backbone, weights=args.weights, input_size=args.size)
+    recipes.check_unfreeze(base, recipe)
+    split = data.load_dataset(args.data, image_size=args.size, per_class=args.per_class, seed=args.seed,
+                              test_per_class=args.test_per_class)
+    print(data.describe(split))
+    model, report = recipes.run(split, recipe, verbose=1, base=base)
     report.update(data=args.data, seed=args.seed, per_class=args.per_class)
     print(format_report(report))
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2))
-        print(f"results written to {args.json}")
-    if args.save:
-        args.save.parent.mkdir(parents=True, exist_ok=True)
-        model.save(args.save)
-        print(f"model saved to {args.save}")
+    if save and not report.get("diverged"):
+        recipes.save_model(model, save, split.train.classes, args.backbone)
+        print(f"model saved to {save}")
+    if out:
+        checks.write_json(out, report)
+        print(f"results written to {out}")
+    if report.get("diverged"):
+        raise ValueError(f"{report['reason']}; no model was saved")
     return 0
 
 
 def format_report(report: dict) -> str:
-    """Accuracy, per-class accuracy and the confusion matrix as text."""
+    """Accuracy, per-class accuracy and the confusion matrix as text; a diverged run says so instead."""
+    if report.get("diverged"):
+        return f"diverged: {report['reason']}"
     classes = report["classes"]
     width = max(len(c) for c in classes)
     lines = [f"test accuracy: {report['accuracy']:.3f}  ({report['n_test']} test images, "
@@ -113,7 +158,8 @@ def _add_demo(sub) -> None:
     p.add_argument("--data", default=None, help="dataset spec (default: COURSE_DATA, ../shared/data/flowers, "
                                                 "else sklearn:digits)")
     p.add_argument("--method", default="logreg", choices=["svm", "logreg", "head", "finetune"])
-    p.add_argument("--per-class", type=int, default=30, help="training images per class")
+    p.add_argument("--per-class", type=checks.number("--per-class", 1, integer=True), default=30,
+                   help="training images per class")
     p.set_defaults(func=cmd_demo)
 
 
@@ -160,17 +206,32 @@ def _add_grade(sub) -> None:
                                      "(WARNING: runs the students' code)")
     p.add_argument("folder", type=Path, help="folder of submitted .ipynb files")
     p.add_argument("--csv", type=Path, default=None, help="write one row per notebook here")
-    p.add_argument("--timeout", type=int, default=900, help="seconds per cell")
+    p.add_argument("--timeout", type=checks.number("--timeout", 1, integer=True), default=900,
+                   help="seconds per cell")
+    p.add_argument("--notebook-timeout", type=checks.number("--notebook-timeout", 1), default=3600,
+                   help="seconds per notebook; a notebook still running then gets an error row")
     p.set_defaults(func=cmd_grade)
 
 
 def cmd_grade(args: argparse.Namespace) -> int:
-    """Grade every notebook in a folder."""
+    """Grade every notebook in a folder, each in its own temporary copy; one line per notebook as it ends.
+
+    A notebook that cannot be read, times out or kills its kernel gets an error row and the batch goes on;
+    the CSV is rewritten after each notebook.
+    """
     from course_utils import release
 
-    rows = release.grade(args.folder, args.csv, timeout=args.timeout)
-    for row in rows:
-        print(f"{row['notebook']}: {row['passed']}/{row['checks']} checks pass")
+    out = checks.output_path(args.csv, "--csv") if args.csv is not None else None
+    print(release.GRADING_WARNING, file=sys.stderr, flush=True)
+
+    def show(row: dict) -> None:
+        counts = f"{row['passed']}/{row['checks']} checks pass"
+        print(f"{row['notebook']}: ERROR {row['error']} ({counts} before it)" if row["error"]
+              else f"{row['notebook']}: {counts}", flush=True)
+
+    release.grade(args.folder, out, timeout=args.timeout, notebook_timeout=args.notebook_timeout, on_row=show)
+    if out:
+        print(f"grades written to {out}")
     return 0
 
 
@@ -187,8 +248,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     """Run every run of the config not yet in the results file; print a summary per topology."""
     from course_utils import experiments
 
+    out = checks.output_path(args.out, "--out") if args.out is not None else None
     config = experiments.load_config(args.config, data=args.data)
-    result = experiments.run_sweep(config, out=args.out, cache=not args.no_cache)
+    result = experiments.run_sweep(config, out=out, cache=not args.no_cache)
     print(result)
     print(experiments.report(config, experiments.load_results(result.path)))
     return 0
@@ -198,17 +260,24 @@ def _add_recommend(sub) -> None:
     p = sub.add_parser("recommend", help="distance from ImageNet and Chu et al.'s freeze / fine-tune advice")
     p.add_argument("--data", required=True, help="dataset spec: a folder, tfds:NAME or sklearn:digits")
     p.add_argument("--backbone", default="efficientnet_lite0", help="efficientnet_lite0, MobileNetV2 or EfficientNetB*")
-    p.add_argument("--per-class", type=int, default=None,
+    p.add_argument("--per-class", type=checks.number("--per-class", 1, integer=True), default=None,
                    help="training images per class you will use (default: all of the train split)")
-    p.add_argument("--size", type=int, default=224, help="image size for the distance (the network's own: 224)")
-    p.add_argument("--sample-per-class", type=int, default=20, help="images per class sampled for the distance")
-    p.add_argument("--seed", type=int, default=0, help="seed of the sample and of the train/test split")
+    p.add_argument("--size", type=checks.number("--size", *checks.IMAGE_SIZE, integer=True), default=224,
+                   help="image size for the distance (the network's own: 224)")
+    p.add_argument("--sample-per-class", type=checks.number("--sample-per-class", 1, integer=True), default=20,
+                   help="images per class sampled for the distance")
+    p.add_argument("--seed", type=checks.number("--seed", 0, checks.SEED_MAX, integer=True), default=0,
+                   help="seed of the sample and of the train/test split")
     p.add_argument("--json", type=Path, default=None, help="write the recommendation (and verification) here")
     p.add_argument("--verify", action="store_true", help="also train freeze and fine-tune and say if the advice held")
-    p.add_argument("--verify-size", type=int, default=128, help="--verify: image size (small budget)")
-    p.add_argument("--verify-seeds", type=int, default=2, help="--verify: training seeds per method")
-    p.add_argument("--verify-steps", type=int, default=40, help="--verify: SGD updates for each method")
-    p.add_argument("--test-per-class", type=int, default=20, help="--verify: test images per class")
+    p.add_argument("--verify-size", type=checks.number("--verify-size", *checks.IMAGE_SIZE, integer=True),
+                   default=128, help="--verify: image size (small budget)")
+    p.add_argument("--verify-seeds", type=checks.number("--verify-seeds", 1, 100, integer=True), default=2,
+                   help="--verify: training seeds per method")
+    p.add_argument("--verify-steps", type=checks.number("--verify-steps", 1, 10**6, integer=True), default=40,
+                   help="--verify: SGD updates for each method")
+    p.add_argument("--test-per-class", type=checks.number("--test-per-class", 1, integer=True), default=20,
+                   help="--verify: test images per class")
     p.set_defaults(func=cmd_recommend)
 
 
@@ -216,9 +285,7 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     """Print images per class, the distance, Chu's Table 3 cell and the advice; optionally verify it."""
     from course_utils import backbones, domain
 
-    if args.verify_seeds < 1 or args.verify_steps < 1:
-        raise ValueError(f"--verify-seeds and --verify-steps must be at least 1, got {args.verify_seeds} "
-                         f"and {args.verify_steps}")
+    out = checks.output_path(args.json, "--json") if args.json is not None else None
     try:
         rec = domain.recommend(args.data, per_class=args.per_class, backbone=args.backbone,
                                image_size=args.size, sample_per_class=args.sample_per_class, seed=args.seed)
@@ -232,31 +299,64 @@ def cmd_recommend(args: argparse.Namespace) -> int:
                               data_seed=args.seed, steps=args.verify_steps)
         print(check.describe())
         result["verify"] = check.to_dict()
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2))
-        print(f"results written to {args.json}")
+    if out:
+        checks.write_json(out, result)
+        print(f"results written to {out}")
     return 0
 
 
-COMMANDS: list[Callable] = [_add_demo, _add_predict, _add_train, _add_release, _add_grade, _add_sweep, _add_recommend]
+def _add_site(sub) -> None:
+    p = sub.add_parser("site", help="build the course as a static website (needs pip install -e \".[site]\")")
+    p.add_argument("out_dir", type=Path, help="where the site goes (OUT_DIR/index.html)")
+    p.set_defaults(func=cmd_site)
+
+
+def cmd_site(args: argparse.Namespace) -> int:
+    """Build the website from the committed notebooks (course_utils.site)."""
+    from course_utils import site
+
+    return site.main(args.out_dir)
+
+
+COMMANDS: list[Callable] = [_add_demo, _add_predict, _add_train, _add_release, _add_grade, _add_sweep, _add_recommend,
+                            _add_site]
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors raise ``checks.UsageError`` (one ``error:`` line from ``main``),
+    naming the flag and pointing to ``--help``, instead of printing the usage and exiting."""
+
+    def error(self, message: str):
+        raise checks.UsageError(f"{message} (see: {self.prog} --help)")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m course_utils",
-                                     description="Fine-tuning CNNs for image classification: course tools.")
+    parser = _Parser(prog="python -m course_utils",
+                     description="Fine-tuning CNNs for image classification: course tools.")
     sub = parser.add_subparsers(dest="command", required=True)
     for add in COMMANDS:
         add(sub)
     return parser
 
 
+def _expected(err: BaseException) -> bool:
+    """Errors that come from the input or the machine, not from a bug: bad values (ValueError), files and
+    folders (OSError) and missing weights (``backbones.WeightsUnavailableError``)."""
+    if isinstance(err, (ValueError, OSError)):
+        return True
+    loaded = sys.modules.get("course_utils.backbones")  # not imported yet: it cannot be that error
+    return loaded is not None and isinstance(err, loaded.WeightsUnavailableError)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """Parse ``argv`` and run the command; a ValueError becomes a one-line error and exit code 2."""
-    args = build_parser().parse_args(argv)
+    """Parse ``argv`` and run the command. Every expected error (see ``_expected``) becomes one ``error:``
+    line naming the flag or the file, and exit code 2; a traceback means a bug."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up chatter off the terminal
     try:
+        args = build_parser().parse_args(argv)
         return args.func(args)
-    except (ValueError, FileNotFoundError) as err:
+    except Exception as err:  # noqa: BLE001 - sorted by _expected; anything else is re-raised
+        if not _expected(err):
+            raise
         print(f"error: {err}", file=sys.stderr)
         return 2

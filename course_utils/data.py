@@ -35,16 +35,20 @@ from typing import Any, Callable, Sequence, Union
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from course_utils.settings import progress_bar
+
 # ArrayBatches is created on first access (module __getattr__) because it subclasses a Keras class;
 # it is left out of __all__ so that a star import stays cheap.
 __all__ = [
     "BadImageWarning",
     "DatasetError",
     "ImageSet",
+    "ImageTooLargeError",
     "SmallClassWarning",
     "Split",
     "decode_image",
     "decode_images",
+    "decode_or_reason",
     "describe",
     "list_image_folder",
     "load_dataset",
@@ -61,12 +65,18 @@ IMAGE_EXTENSIONS = frozenset(
 JUNK_NAMES = frozenset({"thumbs.db", "ehthumbs.db", "desktop.ini", "__macosx", "__pycache__", ".ds_store"})
 TEST_FOLDER_NAMES = ("test", "val", "validation")
 COURSE_TFDS = ("tf_flowers", "oxford_flowers102", "caltech_birds2011")
+# Download sizes from the TFDS catalog, said before a first download (tfds itself knows them only online).
+TFDS_DOWNLOAD_SIZES = {"tf_flowers": "218 MiB", "eurosat/rgb": "90 MiB", "oxford_flowers102": "329 MiB",
+                       "caltech_birds2011": "1.1 GiB"}
 SPEC_HELP = "a dataset spec is a folder, tfds:NAME, sample:eurosat or sklearn:digits"
 SAMPLES = {"eurosat": "a 300-image EuroSAT RGB sample that ships with the course (MIT licence)"}
 PROGRESS_MIN_IMAGES = 200  # show a progress bar from this many images on (COURSE_PROGRESS=0 turns it off)
 MAX_LISTED = 20  # bad files named in the warning
 ZOOM_MIN = 0.85  # augmentation: a random square crop of 85-100 % of the side, resized back
 CACHE_MAX_BYTES = 2**30  # make_tf_dataset caches preprocessed float32 batches only up to this size
+# Images with more pixels are skipped before decoding (PIL's own limit, Image.MAX_IMAGE_PIXELS, is 89 million):
+# a decoding thread then holds at most about 40e6 x 4 bytes = 160 MB, whatever the file claims.
+MAX_PIXELS = 40_000_000
 
 PathLike = Union[str, "os.PathLike[str]"]
 Problem = tuple[str, str]  # (file or id, reason)
@@ -285,15 +295,37 @@ def _upright(img: Image.Image) -> Image.Image:
         return img
 
 
+class ImageTooLargeError(ValueError):
+    """An image with more than MAX_PIXELS pixels: skipped before decoding, like a corrupt file (00_setup)."""
+
+
+def _check_pixels(img: Image.Image) -> None:
+    """ImageTooLargeError when the header announces more than MAX_PIXELS pixels (nothing decoded yet)."""
+    width, height = img.size
+    if width * height > MAX_PIXELS:
+        raise ImageTooLargeError(
+            f"{width}x{height} pixels is more than the {MAX_PIXELS / 1e6:g} million this course decodes "
+            "(a decompression bomb, or a huge scan); shrink it first"
+        )
+
+
+def decode_or_reason(source: PathLike | bytes, image_size: int = 224) -> tuple[np.ndarray | None, str | None]:
+    """(image, None), or (None, why it cannot be read): ``decode_image`` that never raises. ``python -m
+    course_utils predict`` uses it to report a bad file and go on with the next one (notebook 00_setup)."""
+    return _decode_one(source, image_size)
+
+
 def decode_image(path: PathLike | bytes, image_size: int = 224) -> np.ndarray:
     """Read one image file (or its encoded bytes) as RGB uint8 (image_size, image_size, 3) (notebook 00_setup).
 
     Reads with PIL, applies the EXIF orientation, converts any mode to RGB (alpha on white, 16-bit scaled),
     resizes the shorter side to image_size and crops the centre square. JPEGs are decoded at a reduced
-    scale when much larger than needed (fast). Raises the PIL/OS error when the file cannot be read.
+    scale when much larger than needed (fast). Raises the PIL/OS error when the file cannot be read, and
+    ImageTooLargeError, before decoding, for more than MAX_PIXELS pixels (a decompression bomb).
     """
     source = io.BytesIO(path) if isinstance(path, (bytes, bytearray, memoryview)) else path
     with Image.open(source) as img:
+        _check_pixels(img)
         img.draft(None, (image_size, image_size))  # JPEG only: DCT scaling, result still >= image_size
         img.load()
         rgb = _to_rgb(_upright(img))
@@ -315,11 +347,9 @@ def _decode_one(source: PathLike | bytes, image_size: int) -> tuple[np.ndarray |
 
 
 def _progress_bar(total: int, progress: bool | None) -> Any:
-    from tqdm import tqdm
-
     if progress is None:
-        progress = total >= PROGRESS_MIN_IMAGES and os.environ.get("COURSE_PROGRESS", "1") != "0"
-    return tqdm(total=total, desc="decoding images", unit="img", disable=not progress, leave=False)
+        progress = total >= PROGRESS_MIN_IMAGES
+    return progress_bar(total=total, desc="decoding images", unit="img", disable=not progress, leave=False)
 
 
 def _decode_many(
@@ -471,7 +501,7 @@ def _import_tfds() -> Any:
     try:
         if importlib.util.find_spec("tensorflow") is None:
             raise ImportError("tensorflow is not installed")
-        import tensorflow_datasets as tfds
+        from course_utils.quiet import tensorflow_datasets as tfds
     except ImportError as exc:
         raise DatasetError(
             "tfds: specs need tensorflow-datasets (pip install tensorflow tensorflow-datasets); "
@@ -501,8 +531,10 @@ def _tfds_builder(tfds: Any, name: str) -> Any:
     try:
         builder = tfds.builder(name, data_dir=str(data_dir))
         if not builder.is_prepared():
-            print(f"tfds:{name}: downloading {builder.info.download_size} once into {data_dir}; later runs read "
-                  "it from there.", flush=True)
+            size = getattr(getattr(builder, "info", None), "download_size", None)
+            size = size if size else TFDS_DOWNLOAD_SIZES.get(name, "the dataset")  # tfds knows it only online
+            print(f"tfds:{name}: downloading {size} once into {data_dir}; later runs read it from there.",
+                  flush=True)
             builder.download_and_prepare()
     except ImportError as exc:  # e.g. etils needs importlib_resources to download
         raise DatasetError(
@@ -636,7 +668,9 @@ def _check_args(
         raise DatasetError(f"test_fraction must be in [0, 1), not {test_fraction!r} (0.2 keeps 20 % for testing)")
 
 
-def _check_classes_present(train: ImageSet, spec: str) -> None:
+def _check_classes_present(train: ImageSet, test: ImageSet, spec: str, split_here: bool, test_fraction: float) -> None:
+    """Every class needs a training image and (unless test_fraction=0 asks for no test part) a test image;
+    otherwise DatasetError saying how many images each class needs (before any training starts)."""
     counts = np.bincount(train.labels, minlength=len(train.classes))
     empty = [c for c, n in zip(train.classes, counts) if n == 0]
     if empty:
@@ -644,6 +678,22 @@ def _check_classes_present(train: ImageSet, spec: str) -> None:
             f"{spec}: no readable training image left for classes {empty} (see the BadImageWarning above); "
             "add readable images to them or remove those classes."
         )
+    test_counts = np.bincount(test.labels, minlength=len(test.classes))
+    missing = [i for i, n in enumerate(test_counts) if n == 0]
+    if not missing or (split_here and test_fraction == 0):
+        return
+    names = [train.classes[i] for i in missing]
+    if split_here:
+        have = ", ".join(f"{train.classes[i]} has {counts[i]}" for i in missing[:MAX_LISTED])
+        raise DatasetError(
+            f"{spec}: no test image for classes {names} ({have} readable). Each class needs at least 2 readable "
+            "images when the dataset is split here: 1 to train on and 1 to test on. Add images to these "
+            "classes, or remove them."
+        )
+    raise DatasetError(
+        f"{spec}: no readable test image for classes {names}. Each class needs at least 1 readable image in "
+        "the train folder and 1 in the test folder; add images to their test folders."
+    )
 
 
 def load_dataset(
@@ -674,8 +724,8 @@ def load_dataset(
     problems = source.ignored + train_problems + test_problems
     _warn_bad(problems)
     train = _image_set(train_pool, train_images, train_idx, source.classes)
-    _check_classes_present(train, spec)
     test = _image_set(test_pool, test_images, test_idx, source.classes)
+    _check_classes_present(train, test, spec, source.test is None, float(test_fraction))
     return Split(train, test, spec, [name for name, _ in problems])
 
 
@@ -721,7 +771,7 @@ def _check_arrays(images: np.ndarray, labels: np.ndarray, batch_size: int) -> tu
 
 def _tf_preprocess(preprocess_fn: Callable[[Any], Any] | None) -> Callable[[Any], Any]:
     """preprocess_fn on float32 batch tensors; numpy-only functions run through tf.numpy_function."""
-    import tensorflow as tf
+    from course_utils.quiet import tensorflow as tf  # lazy: only this path needs TensorFlow
 
     if preprocess_fn is None:
         return lambda x: x
@@ -739,7 +789,7 @@ def _tf_preprocess(preprocess_fn: Callable[[Any], Any] | None) -> Callable[[Any]
 
 def _tf_augment(images: Any, seed: Any) -> Any:
     """Per image: random horizontal flip, then a random square crop of ZOOM_MIN-100 % of the side resized back."""
-    import tensorflow as tf
+    from course_utils.quiet import tensorflow as tf  # lazy: only this path needs TensorFlow
 
     n = tf.shape(images)[0]
     height, width = images.shape[1], images.shape[2]
@@ -771,7 +821,7 @@ def make_tf_dataset(
     stream would freeze its order, and only when they fit in CACHE_MAX_BYTES (float32 takes 4 bytes per
     pixel; the uint8 images are in memory anyway). Prefetches with AUTOTUNE.
     """
-    import tensorflow as tf
+    from course_utils.quiet import tensorflow as tf  # lazy: only this path needs TensorFlow
 
     images, labels = _check_arrays(images, labels, batch_size)
     preprocess = _tf_preprocess(preprocess_fn)
@@ -801,7 +851,7 @@ def make_tf_dataset(
 @lru_cache(maxsize=None)
 def _array_batches_class() -> type:
     """Build ArrayBatches on first use, so that importing this module does not import Keras."""
-    import keras
+    from course_utils.quiet import keras  # lazy: importing this module must not load TensorFlow
 
     class ArrayBatches(keras.utils.PyDataset):
         """Batches from numpy arrays, for any Keras backend (no TensorFlow) (notebook 02_replace_softmax).

@@ -92,7 +92,7 @@ def gaussian_mean_through(activation: Any, mean: np.ndarray, std: np.ndarray,
     ``activation`` is any elementwise callable on arrays (a Keras activation layer, ``np.tanh``...).
     Used for backbones whose last activation is not a (capped) ReLU, e.g. swish in EfficientNetB0.
     """
-    import keras
+    from course_utils.quiet import keras  # lazy: importing this module must not load TensorFlow
 
     x, w = np.polynomial.hermite_e.hermegauss(nodes)
     values = np.asarray(mean, np.float64)[:, None] + np.asarray(std, np.float64)[:, None] * x[None, :]
@@ -102,7 +102,7 @@ def gaussian_mean_through(activation: Any, mean: np.ndarray, std: np.ndarray,
 
 def _pool_activation_bn(model: "keras.Model") -> tuple[Any, Any]:
     """The activation and BatchNorm layers that feed the pooled feature layer: GAP(act(BN(.)))."""
-    import keras
+    from course_utils.quiet import keras  # lazy: importing this module must not load TensorFlow
 
     from course_utils import backbones
 
@@ -121,7 +121,7 @@ def _pool_activation_bn(model: "keras.Model") -> tuple[Any, Any]:
 
 
 def _weight(layer: Any, attr: str, default: float) -> np.ndarray:
-    import keras
+    from course_utils.quiet import keras  # lazy: importing this module must not load TensorFlow
 
     var = getattr(layer, attr, None)
     if var is None:
@@ -136,7 +136,7 @@ def imagenet_mean_features(model: "keras.Model") -> np.ndarray:
     ``|gamma| sqrt(var / (var + eps))``; the mean after the activation follows in closed form for (capped)
     ReLU (:func:`relu_gaussian_mean`) and by quadrature otherwise (notebook ``08_domain_distance``).
     """
-    import keras
+    from course_utils.quiet import keras  # lazy: importing this module must not load TensorFlow
 
     act, bn = _pool_activation_bn(model)
     var = _weight(bn, "moving_variance", 1.0)
@@ -186,7 +186,7 @@ class DomainDistance:
 
 def _imagenet_probabilities(model: "keras.Model", feats: np.ndarray) -> np.ndarray:
     """ImageNet class probabilities from pooled features: the model's last (Dense, softmax) layer."""
-    import keras
+    from course_utils.quiet import keras  # lazy: importing this module must not load TensorFlow
     from scipy.special import softmax
 
     head = model.layers[-1]

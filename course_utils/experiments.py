@@ -42,6 +42,8 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
+from course_utils import evaluation, settings
+
 CONFIG_KEYS = {
     "name": "a short name; the default results file is <cache>/results/<name>.jsonl",
     "description": "free text",
@@ -111,8 +113,14 @@ class Topology:
         return self.kind in {"finetune_all", "finetune_last"} or (self.kind == "extension" and self.blocks > 0)
 
 
-def parse_topology(item: str | Mapping[str, Any]) -> Topology:
-    """A topology from a name (``"frozen_head"``) or a mapping (``{kind: finetune_last, blocks: 2}``)."""
+def parse_topology(item: str | Mapping[str, Any], where: str = "<dict>") -> Topology:
+    """A topology from a name (``"frozen_head"``) or a mapping (``{kind: finetune_last, blocks: 2}``);
+    ``where`` (the config file) is named in error messages."""
+    from course_utils import checks
+
+    if not isinstance(item, (str, Mapping)):
+        raise checks.UsageError(f"{where}: a topology is a name or a mapping with kind/blocks/units/C/name, "
+                                f"got {item!r}")
     entry = {"kind": item} if isinstance(item, str) else dict(item)
     unknown = set(entry) - TOPOLOGY_KEYS
     if unknown:
@@ -121,16 +129,19 @@ def parse_topology(item: str | Mapping[str, Any]) -> Topology:
     if kind not in TOPOLOGY_KINDS:
         raise ValueError(f"unknown topology kind {kind!r}; choose one of: "
                          + "; ".join(f"{k} ({v})" for k, v in TOPOLOGY_KINDS.items()))
-    blocks = int(entry.get("blocks", 2 if kind in {"finetune_last", "reinit_top"} else 0))
+    blocks = checks.as_int(entry.get("blocks", 2 if kind in {"finetune_last", "reinit_top"} else 0),
+                           f"topology {kind} blocks", where, low=0)
     if kind in {"finetune_last", "reinit_top"} and blocks < 1:
         raise ValueError(f"topology {kind} needs blocks >= 1, got {blocks}")
-    units = tuple(int(u) for u in entry.get("units", [1024] if kind == "extension" else []))
-    if kind == "extension" and (not units or min(units) < 1):
+    units = tuple(checks.as_list(entry.get("units", [1024] if kind == "extension" else []),
+                                 f"topology {kind} units", where, _positive_int))
+    if kind == "extension" and not units:
         raise ValueError(f"extension topology needs positive units, got {list(units)}")
     c = entry.get("C")
     if c is not None and c != "cv":
-        c = float(c)
-    return Topology(kind, str(entry.get("name", "")), blocks, units, c)
+        c = checks.as_float(c, f"topology {kind} C", where, low=0.0, low_open=True)
+    name = "" if entry.get("name") is None else checks.as_text(entry["name"], f"topology {kind} name", where)
+    return Topology(kind, name, blocks, units, c)
 
 
 @dataclass
@@ -152,35 +163,79 @@ class SweepConfig:
     source: str = ""
 
 
-def _as_list(value: Any) -> list:
-    return list(value) if isinstance(value, (list, tuple)) else [value]
+def _positive_int(value: Any, key: str, where: str) -> int:
+    from course_utils import checks
+
+    return checks.as_int(value, key, where, low=1)
+
+
+def _axis_value(axis: str, value: Any, key: str, where: str) -> Any:
+    """One value of a grid axis, typed and range-checked (the key and the file named when it is not)."""
+    from course_utils import checks
+
+    if axis == "per_class":
+        return checks.as_int(value, key, where, low=1, allow_none=True)
+    if axis == "steps":
+        return checks.as_int(value, key, where, low=1)
+    if axis == "lr":
+        return checks.as_float(value, key, where, low=0.0, high=checks.LR_MAX, low_open=True)
+    if axis == "backbone_lr_factor":
+        return checks.as_float(value, key, where, low=0.0, high=checks.LR_MAX)
+    return value if isinstance(value, Topology) else parse_topology(value, where)
 
 
 def _grid(raw: Mapping[str, Any], base: Mapping[str, list], where: str) -> dict[str, list]:
+    from course_utils import checks
+
+    if not isinstance(raw, Mapping):
+        raise checks.UsageError(f"{where}: an experiment is a mapping of grid axes ({', '.join(AXES)}), got {raw!r}")
     unknown = set(raw) - set(AXES)
     if unknown:
         raise ValueError(f"{where}: unknown grid keys {sorted(unknown)}; an experiment may set {list(AXES)}")
-    grid = {axis: _as_list(raw.get(axis, base[axis])) for axis in AXES}
-    grid["topologies"] = [t if isinstance(t, Topology) else parse_topology(t) for t in grid["topologies"]]
-    for axis, values in grid.items():
-        if not values:
+    grid = {}
+    for axis in AXES:
+        grid[axis] = checks.as_list(raw.get(axis, base[axis]), axis, where,
+                                    lambda v, key, w, axis=axis: _axis_value(axis, v, key, w))
+        if not grid[axis]:
             raise ValueError(f"{where}: grid axis {axis!r} is empty")
     return grid
 
 
+def _parse_text(text: str, path: Path) -> Any:
+    """YAML or JSON text; a syntax error names the file, the line and the column."""
+    from course_utils import checks
+
+    if path.suffix == ".json":
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as err:
+            raise checks.UsageError(f"{path}: not valid JSON ({err.msg} at line {err.lineno}, column "
+                                    f"{err.colno}); fix it there") from None
+    import yaml
+
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or type(err).__name__
+        raise checks.UsageError(f"{path}: not valid YAML ({problem}{at}); check the indentation, colons "
+                                "and quotes there") from None
+
+
 def _read_raw(source: str | os.PathLike | Mapping[str, Any]) -> tuple[dict, str]:
+    from course_utils import checks
+
     if isinstance(source, Mapping):
         return dict(source), "<dict>"
     path = Path(source)
     if not path.is_file():
         raise FileNotFoundError(f"no config file {path} (see configs/ for examples)")
-    text = path.read_text(encoding="utf-8")
-    if path.suffix == ".json":
-        raw = json.loads(text)
-    else:
-        import yaml
-
-        raw = yaml.safe_load(text)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise checks.UsageError(f"{path}: not a text file (not UTF-8); a config is YAML or JSON") from None
+    raw = _parse_text(text, path)
     if not isinstance(raw, dict):
         raise ValueError(f"{path}: a config is a mapping of keys ({', '.join(CONFIG_KEYS)})")
     return raw, str(path)
@@ -199,20 +254,32 @@ def load_config(source: str | os.PathLike | Mapping[str, Any], data: str | None 
     if not isinstance(experiments, Mapping):
         raise ValueError(f"{where}: experiments must map names to sub-grids, got {type(experiments).__name__}")
     grids = {str(k): _grid(v or {}, base, f"{where} experiment {k!r}") for k, v in experiments.items()}
-    return SweepConfig(
-        name=str(cfg["name"]), dataset=str(data or cfg["dataset"]), backbone=str(cfg["backbone"]),
-        weights=str(cfg["weights"]), image_size=int(cfg["image_size"]),
-        test_per_class=None if cfg["test_per_class"] is None else int(cfg["test_per_class"]),
-        test_fraction=float(cfg["test_fraction"]), batch_size=int(cfg["batch_size"]),
-        seeds=[int(s) for s in _as_list(cfg["seeds"])], augment=bool(cfg["augment"]),
-        grids=grids or {"grid": base}, description=str(cfg.get("description", "")), source=where)
+    return SweepConfig(grids=grids or {"grid": base}, description=str(cfg.get("description") or ""), source=where,
+                       **_settings(cfg, data, where))
+
+
+def _settings(cfg: Mapping[str, Any], data: str | None, where: str) -> dict[str, Any]:
+    """The config's non-grid values, typed and range-checked (``checks``; the key and file named)."""
+    from course_utils import checks
+
+    low, high = checks.IMAGE_SIZE
+    return dict(
+        name=checks.as_name(cfg["name"], "name", where),
+        dataset=data or checks.as_text(cfg["dataset"], "dataset", where),
+        backbone=checks.as_text(cfg["backbone"], "backbone", where),
+        weights=checks.as_text(cfg["weights"], "weights", where),
+        image_size=checks.as_int(cfg["image_size"], "image_size", where, low=low, high=high),
+        test_per_class=checks.as_int(cfg["test_per_class"], "test_per_class", where, low=1, allow_none=True),
+        test_fraction=checks.as_float(cfg["test_fraction"], "test_fraction", where, low=0.0, high=0.9, low_open=True),
+        batch_size=checks.as_int(cfg["batch_size"], "batch_size", where, low=1),
+        seeds=checks.as_list(cfg["seeds"], "seeds", where,
+                             lambda v, key, w: checks.as_int(v, key, w, low=0, high=checks.SEED_MAX)),
+        augment=checks.as_bool(cfg["augment"], "augment", where))
 
 
 def resolve_dataset(spec: str) -> str:
     """``auto`` -> the settings' dataset; a folder -> its absolute path (so run identities are stable)."""
     if spec == "auto":
-        from course_utils import settings
-
         spec = settings.get_settings().data
     if ":" in spec.split("/")[0] and not Path(spec).exists():
         return spec
@@ -364,8 +431,10 @@ class ResultStore:
 
     def append(self, row: Mapping[str, Any]) -> None:
         """Write one complete line atomically (single write on an O_APPEND descriptor, then fsync)."""
+        from course_utils.checks import strict_json
+
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        line = (json.dumps(row, sort_keys=True) + "\n").encode()
+        line = (json.dumps(strict_json(row), sort_keys=True, allow_nan=False) + "\n").encode()  # strict JSON
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
             written = os.write(fd, line)
@@ -398,10 +467,11 @@ def load_results(path: str | os.PathLike) -> list[dict]:
 
 
 def default_results_path(config: SweepConfig) -> Path:
-    """``<cache>/results/<config name>.jsonl`` (``settings.cache_dir``)."""
+    """``<cache>/results/<config name>.jsonl`` (``settings.cache_dir``); the name must be a plain name."""
+    from course_utils.checks import as_name
     from course_utils.settings import cache_dir
 
-    return cache_dir("results") / f"{config.name}.jsonl"
+    return cache_dir("results") / f"{as_name(config.name, 'name', config.source or '<config>')}.jsonl"
 
 
 # --------------------------------------------------------------------------------------------------
@@ -446,48 +516,23 @@ def train_steps(model, x: np.ndarray, y: np.ndarray, order: np.ndarray, preproce
     return losses
 
 
-def predict(model, x: np.ndarray, preprocess=None, batch_size: int = 64) -> np.ndarray | list[np.ndarray]:
-    """Outputs of ``model`` (inference mode) batch by batch, calling it directly (nothing to compile)."""
-    import keras
-
-    parts = []
-    for i in range(0, len(x), batch_size):
-        with warnings.catch_warnings():  # models built from `backbone.inputs` (a list) warn on a tensor
-            warnings.filterwarnings("ignore", message="The structure of `inputs`")
-            out = model(_batch(x, np.arange(i, min(i + batch_size, len(x))), preprocess), training=False)
-        parts.append([keras.ops.convert_to_numpy(o) for o in out] if isinstance(out, (list, tuple))
-                     else [keras.ops.convert_to_numpy(out)])
-    merged = [np.concatenate(p).astype("float32") for p in zip(*parts)]
-    return merged if len(merged) > 1 else merged[0]
-
-
 def extractor(model, layers: Sequence[str]):
     """A model giving the outputs of ``layers`` of ``model`` (one pass for all of them)."""
-    import keras
+    from course_utils.quiet import keras  # lazy: importing this module must not load TensorFlow
 
     return keras.Model(model.input, [model.get_layer(name).output for name in layers])
 
 
-def forward(model, images: np.ndarray, preprocess, batch_size: int = 64) -> list[np.ndarray]:
-    """Every output of ``model`` for uint8 images, compiled (``model.predict``), as float32 arrays."""
-    from course_utils.data import make_batches
-
-    batches = make_batches(images, np.zeros(len(images), dtype="int64"), preprocess, batch_size=batch_size)
-    outputs = model.predict(batches, verbose=0)
-    outputs = outputs if isinstance(outputs, (list, tuple)) else [outputs]
-    return [np.asarray(o, dtype="float32") for o in outputs]
-
-
 def keras_prefix(model, boundary: str):
     """The frozen part: ``model``'s input to the output of layer ``boundary``."""
-    import keras
+    from course_utils.quiet import keras  # lazy: importing this module must not load TensorFlow
 
     return keras.Model(model.input, model.get_layer(boundary).output, name=f"upto_{boundary}")
 
 
 def keras_suffix(model, boundary: str):
     """The trained part: from layer ``boundary``'s output to ``model``'s output, sharing its layers and weights."""
-    import keras
+    from course_utils.quiet import keras  # lazy: importing this module must not load TensorFlow
 
     return keras.Model(model.get_layer(boundary).output, model.output, name=f"after_{boundary}")
 
@@ -618,25 +663,31 @@ class Engine:
         return paths
 
     # ---- activations
-    def _disk_path(self, boundary: str, ids: Sequence[str]) -> Path:
+    def _disk_entry(self, boundary: str, ids: Sequence[str]) -> tuple[Path, str]:
+        """(cache file, key) of ``boundary``'s activations for these images (``course_utils.cache``)."""
         from course_utils.features import cache_key
         from course_utils.settings import cache_dir
 
         key = cache_key(self.name, str(self.weights), [f"activations:{boundary}"], self.size, ids)
-        return cache_dir("features") / f"{self.name}-{boundary}-{key}.npy"
+        return cache_dir("features") / f"{self.name}-{boundary}-{key}.npz", key
 
     def activations(self, images, boundary: str) -> np.ndarray:
-        """``boundary``'s output for every image of an ``ImageSet``: from memory, disk, or computed."""
+        """``boundary``'s output for every image of an ``ImageSet``: from memory, disk, or computed.
+
+        The disk cache verifies itself: a damaged file is reported, deleted and computed again."""
+        from course_utils import cache as array_cache
+
         self._boundaries.add(boundary)
         memory = self._memory.setdefault(boundary, {})
         if not all(i in memory for i in images.ids):
-            path = self._disk_path(boundary, images.ids) if self.disk_cache else None
-            if path is not None and path.exists():
-                memory.update(zip(images.ids, np.load(path)))
+            entry = self._disk_entry(boundary, images.ids) if self.disk_cache else None
+            stored = array_cache.load(*entry) if entry is not None else None
+            if stored is not None and len(stored) == len(images.ids):
+                memory.update(zip(images.ids, stored))
             else:
                 self._compute(images)
-                if path is not None:
-                    _save_npy_atomic(path, np.stack([memory[i] for i in images.ids]))
+                if entry is not None:
+                    array_cache.save(entry[0], np.stack([memory[i] for i in images.ids]), entry[1])
         return np.stack([memory[i] for i in images.ids])
 
     def _compute(self, images) -> None:
@@ -649,7 +700,7 @@ class Engine:
         self.reset_weights()
         if tuple(names) not in self._extractors:  # one compiled extractor per set of boundaries
             self._extractors = {tuple(names): extractor(self.base, names)}
-        outputs = forward(self._extractors[tuple(names)], images.images[todo], self.preprocess)
+        outputs = evaluation.predict_all(self._extractors[tuple(names)], images.images[todo], self.preprocess)
         for memory, values in zip(memories, outputs):
             memory.update(zip((images.ids[i] for i in todo), values))
 
@@ -661,14 +712,17 @@ class Engine:
         self.reset_weights()
         split = self.split(run)
         start = time.perf_counter()
-        if run.topology.kind == "svm":
-            predictions, path = self._run_svm(run, split)
-        else:
-            predictions, path = self._run_network(run, split)
-        seconds = time.perf_counter() - start
-        self.reset_weights()
-        report = training.classification_report(split.test.labels, predictions, split.test.classes)
-        report.update(n_train=int(len(split.train.labels)), seconds=round(seconds, 3), path=path)
+        try:
+            if run.topology.kind == "svm":
+                predictions, path = self._run_svm(run, split)
+            else:
+                predictions, path = self._run_network(run, split)
+            report = training.classification_report(split.test.labels, predictions, split.test.classes)
+        except training.DivergedError as err:  # stored as diverged, never as an accuracy
+            report, path = training.diverged_report(split.test.classes, len(split.test.labels), str(err)), "diverged"
+        finally:
+            self.reset_weights()
+        report.update(n_train=int(len(split.train.labels)), seconds=round(time.perf_counter() - start, 3), path=path)
         return report
 
     def _run_svm(self, run: RunSpec, split) -> tuple[np.ndarray, str]:
@@ -745,10 +799,14 @@ class Engine:
             training.compile_classifier(model, run.lr, backbone_lr)
         else:
             model, preprocess = self._suffix(run, flat, boundary, backbone_lr), None
-        train_steps(model, x_train, split.train.labels, order, preprocess, run.augment, run.seed)
+        losses = train_steps(model, x_train, split.train.labels, order, preprocess, run.augment, run.seed)
+        training.check_finite(losses, f"the training loss at lr={run.lr:g}")
         if boundary is None:
-            return training.predict_proba(flat, x_test, self.preprocess).argmax(axis=1), "naive"
-        return predict(model, x_test).argmax(axis=1), "cached"
+            probs, path = training.predict_proba(flat, x_test, self.preprocess), "naive"
+        else:
+            probs, path = evaluation.predict(model, x_test), "cached"
+        training.check_finite(probs, "the outputs on the test images")
+        return probs.argmax(axis=1), path
 
 
 def _reset_optimizer(optimizer, lr: float) -> None:
@@ -758,19 +816,13 @@ def _reset_optimizer(optimizer, lr: float) -> None:
     optimizer.learning_rate = lr
 
 
-def _save_npy_atomic(path: Path, values: np.ndarray) -> None:
-    tmp = path.with_name(f"{path.stem}.{os.getpid()}.tmp.npy")
-    np.save(tmp, values)
-    tmp.replace(path)
-
-
 # --------------------------------------------------------------------------------------------------
 # Sweeps
 
 
 def make_row(config: SweepConfig, run: RunSpec, report: Mapping[str, Any]) -> dict:
     """The stored line of a finished run: identity, sweep name, run config, report, backend, time."""
-    import keras
+    from course_utils.quiet import keras  # lazy: importing this module must not load TensorFlow
 
     return {"id": run.identity, "sweep": config.name, "run": run.to_dict(), "version": STORE_VERSION,
             "backend": keras.backend.backend(), "finished": time.strftime("%Y-%m-%dT%H:%M:%S"), **report}
@@ -785,8 +837,6 @@ def run_sweep(config: str | os.PathLike | Mapping | SweepConfig, data: str | Non
     ``runs`` restricts the sweep to some of the config's runs; ``engine`` reuses a loaded backbone. Each
     finished run is appended to the store at once, so a killed sweep resumes where it stopped.
     """
-    from tqdm import tqdm
-
     cfg = config if isinstance(config, SweepConfig) else load_config(config, data)
     if data and isinstance(config, SweepConfig):
         cfg = replace(cfg, dataset=data)
@@ -806,7 +856,7 @@ def run_sweep(config: str | os.PathLike | Mapping | SweepConfig, data: str | Non
                 print(f"  naive path for {count} runs: {why}")
             engine.fallbacks.clear()
         rows = []
-        for run in tqdm(pending, desc=f"sweep {cfg.name}", unit="run", disable=not progress):
+        for run in settings.progress_bar(pending, desc=f"sweep {cfg.name}", unit="run", disable=not progress):
             row = make_row(cfg, run, engine.run(run))
             store.append(row)
             rows.append(row)
@@ -868,11 +918,17 @@ def _sort_key(value: Any) -> tuple:
     return (2, 0.0, "") if value is None else (1, 0.0, str(value))
 
 
+def _value(row: Mapping[str, Any], metric: str = "accuracy") -> float:
+    """``row[metric]`` as a float; NaN for a diverged run (stored as null: it has no accuracy)."""
+    value = row.get(metric)
+    return float("nan") if value is None else float(value)
+
+
 def curve(rows: Iterable[Mapping], x: str, metric: str = "accuracy") -> tuple[list, list[list[float]]]:
-    """(sorted x values, the seeds' ``metric`` at each x) for ``plots.sweep_curve``."""
+    """(sorted x values, the seeds' ``metric`` at each x) for ``plots.sweep_curve``; diverged runs are NaN."""
     groups: dict[Any, list[float]] = {}
     for row in rows:
-        groups.setdefault(row["run"][x], []).append(float(row[metric]))
+        groups.setdefault(row["run"][x], []).append(_value(row, metric))
     xs = sorted(groups, key=_sort_key)
     return xs, [groups[v] for v in xs]
 
@@ -903,7 +959,7 @@ def summarize(rows: Iterable[Mapping], by: Sequence[str] = ("topology", "per_cla
     groups: dict[tuple, list[float]] = {}
     for row in rows:
         fields = {**row["run"], "topology": topology_label(row)}
-        groups.setdefault(tuple(fields.get(k) for k in by), []).append(float(row["accuracy"]))
+        groups.setdefault(tuple(fields.get(k) for k in by), []).append(_value(row))
     table = []
     for key in sorted(groups, key=lambda k: tuple(_sort_key(v) for v in k)):
         mean, std, n = mean_std(groups[key])
@@ -952,7 +1008,7 @@ def report(config: SweepConfig, rows: Iterable[Mapping]) -> str:
 
 def mean_confusion(rows: Iterable[Mapping]) -> dict:
     """Summed confusion matrix of several runs, as a report ``plots.confusion_matrix`` can draw."""
-    rows = list(rows)
+    rows = [r for r in rows if r.get("confusion_matrix") is not None]  # diverged runs have none
     if not rows:
         raise ValueError("no rows to sum: check the filters passed to select()")
     cm = np.sum([np.asarray(r["confusion_matrix"]) for r in rows], axis=0)

@@ -10,14 +10,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-from pathlib import Path
 from typing import Sequence
 
-import keras
 import numpy as np
 
-from course_utils import backbones
-from course_utils.data import ImageSet, make_batches
+from course_utils import backbones, evaluation
+from course_utils import cache as array_cache
+from course_utils.quiet import keras
+from course_utils.data import ImageSet
 from course_utils.settings import cache_dir
 
 
@@ -48,33 +48,25 @@ def cache_key(backbone: str, weights: str, layers: Sequence[str], image_size: in
 
 def extract_features(images: ImageSet, backbone: str = "efficientnet_lite0", layers: Sequence[str] | str | None = None,
                      weights: str = "imagenet", model: keras.Model | None = None, batch_size: int = 64,
-                     cache: bool = True, verbose: bool = False) -> np.ndarray:
+                     cache: bool = True) -> np.ndarray:
     """Pooled features of every image, ``(N, D)`` float32, read from the on-disk cache when present.
 
     Pass ``model`` to reuse an already-loaded backbone; otherwise it is loaded with ``load_backbone``.
+    The cache (``course_utils.cache``) verifies itself: a damaged or mismatched file is reported, deleted
+    and computed again.
     """
     size = int(images.images.shape[1])
     layer_list = [layers] if isinstance(layers, str) else list(layers or [])
-    path = None
-    if cache:
-        key = cache_key(backbone, str(weights), layer_list or ["<penultimate>"], size, images.ids)
-        path = cache_dir("features") / f"{backbone}-{key}.npz"
-        if path.exists():
-            return np.load(path)["features"]
-    model = model or backbones.load_backbone(backbone, weights=weights, input_size=size)
-    extractor = feature_extractor(model, layer_list or None)
-    preprocess = backbones.get_preprocess(backbone)
-    data = make_batches(images.images, images.labels, preprocess, batch_size=batch_size)
-    feats = np.asarray(extractor.predict(data, verbose=int(verbose)), dtype="float32")
-    if path is not None:
-        _save_atomic(path, feats)
-    return feats
 
+    def compute() -> np.ndarray:
+        extractor = feature_extractor(model or backbones.load_backbone(backbone, weights=weights, input_size=size),
+                                      layer_list or None)
+        return evaluation.predict(extractor, images.images, backbones.get_preprocess(backbone), batch_size=batch_size)
 
-def _save_atomic(path: Path, feats: np.ndarray) -> None:
-    tmp = path.with_suffix(".tmp.npz")
-    np.savez(tmp, features=feats)
-    tmp.replace(path)
+    if not cache:
+        return compute()
+    key = cache_key(backbone, str(weights), layer_list or ["<penultimate>"], size, images.ids)
+    return array_cache.cached(cache_dir("features") / f"{backbone}-{key}.npz", key, compute)
 
 
 def make_probe(method: str = "logreg", C: float = 1.0, seed: int = 0, standardize: bool = False):

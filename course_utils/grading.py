@@ -29,7 +29,7 @@ def check_defined(value: Any, what: str) -> None:
 
 def check_model_output(model, num_classes: int) -> None:
     """``model`` is a Keras model that ends in a ``num_classes``-way softmax."""
-    import keras
+    from course_utils.quiet import keras  # lazy: importing this module must not load TensorFlow
 
     check_defined(model, "the model")
     if not isinstance(model, keras.Model):
@@ -66,7 +66,7 @@ def check_frozen(model, frozen: Iterable[str] = (), trainable: Iterable[str] = (
 
 def check_batchnorm_inference(model) -> None:
     """Every BatchNormalization layer is frozen, so it runs in inference mode while fine-tuning."""
-    import keras
+    from course_utils.quiet import keras  # lazy: importing this module must not load TensorFlow
 
     check_defined(model, "the model")
     training = [layer.name for layer in model.layers
@@ -79,7 +79,7 @@ def check_batchnorm_inference(model) -> None:
 
 def learning_rate_of(model_or_optimizer) -> float:
     """The base learning rate of a compiled model or an optimizer."""
-    import keras
+    from course_utils.quiet import keras  # lazy: importing this module must not load TensorFlow
 
     opt = getattr(model_or_optimizer, "optimizer", model_or_optimizer)
     if opt is None:

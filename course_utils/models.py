@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-import keras
+from course_utils.quiet import keras
 
 from course_utils.surgery import HEAD_NAME
 

@@ -12,9 +12,13 @@ saved as ``.keras`` and used the same way.
 
 from __future__ import annotations
 
+import json
+import os
+import zipfile
 from dataclasses import dataclass
+from pathlib import Path
 
-import keras
+from course_utils.quiet import keras
 import numpy as np
 
 from course_utils import backbones, features, surgery, training
@@ -70,35 +74,113 @@ def fit_head_on_features(feats: np.ndarray, labels: np.ndarray, num_classes: int
     epochs, steps = recipe.epochs, recipe.steps
     if recipe.method == "finetune":  # warm start before fine-tuning: ten passes over the features
         epochs, steps = 10, None
-    training.fit_arrays(head, feats, labels, recipe.lr, epochs=epochs, steps=steps, batch_size=recipe.batch_size)
+    history = training.fit_arrays(head, feats, labels, recipe.lr, epochs=epochs, steps=steps,
+                                  batch_size=recipe.batch_size)
+    training.check_loss(history.history["loss"], num_classes, f"the new head's training loss at --lr {recipe.lr:g}")
     return head.get_layer(surgery.HEAD_NAME).get_weights()
 
 
-def run(split: Split, recipe: Recipe, verbose: int = 0) -> tuple[keras.Model, dict]:
-    """Train ``recipe`` on ``split.train`` and evaluate on ``split.test``: (model, report)."""
+def check_unfreeze(base: keras.Model, recipe: Recipe) -> None:
+    """``finetune`` trains the last ``unfreeze`` blocks: between 1 and the backbone's number of blocks
+    (``train --unfreeze``); checked before any training."""
+    if recipe.method != "finetune":
+        return
+    blocks = backbones.block_names(base)
+    if not 1 <= recipe.unfreeze <= len(blocks):
+        raise ValueError(f"--unfreeze must be between 1 and {len(blocks)} for {recipe.backbone} (its blocks: "
+                         f"{blocks[0]} ... {blocks[-1]}), got {recipe.unfreeze}")
+
+
+def run(split: Split, recipe: Recipe, verbose: int = 0, base: keras.Model | None = None) -> tuple[keras.Model, dict]:
+    """Train ``recipe`` on ``split.train`` and evaluate on ``split.test``: (model, report).
+
+    ``base``: the backbone, already loaded with ``load_backbone`` at the split's image size (else loaded
+    here). A run whose loss or outputs become NaN or infinite gets ``training.diverged_report`` (``diverged``
+    true, no accuracy) instead of an accuracy.
+    """
     from course_utils.settings import seed_everything
 
     seed_everything(recipe.seed)
     size = int(split.train.images.shape[1])
-    base = backbones.load_backbone(recipe.backbone, weights=recipe.weights, input_size=size)
+    base = base or backbones.load_backbone(recipe.backbone, weights=recipe.weights, input_size=size)
+    check_unfreeze(base, recipe)
     model = surgery.replace_head(base, len(split.train.classes), seed=recipe.seed)
     surgery.freeze(model)
     preprocess = backbones.get_preprocess(recipe.backbone)
-    with training.Timer() as timer:
-        ftr = features.extract_features(split.train, recipe.backbone, weights=recipe.weights, model=base)
-        if recipe.method in ("svm", "logreg"):
-            probe = features.fit_probe(ftr, split.train.labels, recipe.method, seed=recipe.seed)
-            weights = list(probe_to_dense(probe, len(split.train.classes)))
-        else:
-            weights = fit_head_on_features(ftr, split.train.labels, len(split.train.classes), recipe)
-        model.get_layer(surgery.HEAD_NAME).set_weights(weights)
-        if recipe.method == "finetune":
-            surgery.freeze(model, train_last=recipe.unfreeze)
-            training.train(model, split.train, preprocess, lr=recipe.lr,
-                           backbone_lr=recipe.backbone_lr if recipe.backbone_lr is not None else recipe.lr / 10,
-                           steps=recipe.steps, epochs=recipe.epochs, batch_size=recipe.batch_size,
-                           augment=recipe.augment, seed=recipe.seed, verbose=verbose)
-    report = training.evaluate(model, split.test, preprocess)
+    try:
+        with training.Timer() as timer:
+            _train(model, base, split, recipe, preprocess, verbose)
+        report = training.evaluate(model, split.test, preprocess)
+    except training.DivergedError as err:
+        report = training.diverged_report(split.test.classes, len(split.test.labels), str(err))
     report.update(n_train=int(len(split.train.labels)), seconds=round(timer.seconds, 2),
                   method=recipe.method, backbone=recipe.backbone, trainable_params=surgery.count_params(model))
     return model, report
+
+
+def _train(model: keras.Model, base: keras.Model, split: Split, recipe: Recipe, preprocess, verbose: int) -> None:
+    """The head (probe or SGD on features), then for ``finetune`` the last blocks (``run``)."""
+    ftr = features.extract_features(split.train, recipe.backbone, weights=recipe.weights, model=base)
+    if recipe.method in ("svm", "logreg"):
+        probe = features.fit_probe(ftr, split.train.labels, recipe.method, seed=recipe.seed)
+        weights = list(probe_to_dense(probe, len(split.train.classes)))
+    else:
+        weights = fit_head_on_features(ftr, split.train.labels, len(split.train.classes), recipe)
+    model.get_layer(surgery.HEAD_NAME).set_weights(weights)
+    if recipe.method == "finetune":
+        surgery.freeze(model, train_last=recipe.unfreeze)
+        history = training.train(model, split.train, preprocess, lr=recipe.lr,
+                                 backbone_lr=recipe.backbone_lr if recipe.backbone_lr is not None else recipe.lr / 10,
+                                 steps=recipe.steps, epochs=recipe.epochs, batch_size=recipe.batch_size,
+                                 augment=recipe.augment, seed=recipe.seed, verbose=verbose)
+        training.check_loss(history.history["loss"], len(split.train.classes),
+                            f"the fine-tuning loss at --lr {recipe.lr:g}")
+
+
+# --------------------------------------------------------------------------------------------------
+# Saved models: ``train --save`` writes one, ``predict --model`` reads it
+
+
+SAVED_INFO = "course_utils.json"  # inside the .keras archive: class names and backbone
+
+
+class ModelFileError(ValueError):
+    """A ``.keras`` file that cannot be loaded; the message names it and says what to do."""
+
+
+def save_model(model: keras.Model, path, classes: list[str], backbone: str) -> Path:
+    """Save ``model`` as ``.keras`` with its class names and backbone inside (``train --save``), atomically.
+
+    Keras reads only its own members of the archive, so ``keras.saving.load_model`` still loads it; the
+    extra member lets ``load_model`` (``predict --model``) print class names and preprocess the images.
+    """
+    path = Path(path)
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.keras")
+    try:
+        model.save(tmp)
+        with zipfile.ZipFile(tmp, "a") as archive:
+            archive.writestr(SAVED_INFO, json.dumps({"classes": list(classes), "backbone": backbone}))
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def load_model(path) -> tuple[keras.Model, dict]:
+    """(model, info) of a ``.keras`` file from ``save_model``; info has ``classes`` and ``backbone`` (empty
+    for other ``.keras`` files). ModelFileError names the file when it cannot be read."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"no such model file: {path} (train --save PATH.keras writes one)")
+    if not zipfile.is_zipfile(path):
+        raise ModelFileError(f"cannot load the model {path}: it is not a .keras archive (truncated, or another "
+                             "kind of file); save it again with train --save")
+    try:
+        model = keras.saving.load_model(path, compile=False)
+        with zipfile.ZipFile(path) as archive:
+            info = json.loads(archive.read(SAVED_INFO)) if SAVED_INFO in archive.namelist() else {}
+    except Exception as err:  # noqa: BLE001 - truncated, not a zip, wrong layers: all say the same
+        reason = (str(err).splitlines() or [""])[0][:200]
+        raise ModelFileError(f"cannot load the model {path} ({type(err).__name__}: {reason}); it is not a "
+                             "complete .keras file: save it again with train --save") from None
+    return model, info

@@ -16,9 +16,10 @@ Grading executes students' code: run it in a container or a throw-away account.
 from __future__ import annotations
 
 import csv
+import math
 import re
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 BEGIN = "### BEGIN SOLUTION"
 END = "### END SOLUTION"
@@ -88,46 +89,137 @@ def _notebooks(src: Path | str) -> list[Path]:
     return paths
 
 
-def execute(path: Path | str, timeout: int = 900, cwd: Path | str | None = None):
-    """Run a notebook top to bottom, keeping going after errors; returns the executed notebook."""
+GRADING_WARNING = ("warning: grading runs each student's notebook with your permissions (files, network, "
+                   "credentials); run it in a container or a throw-away account, offline")
+CSV_FIELDS = ["notebook", "passed", "checks", "score", "error"]
+
+
+def execute(path: Path | str, timeout: int = 900, cwd: Path | str | None = None,
+            notebook_timeout: float | None = None, nb=None):
+    """Run a notebook top to bottom, keeping going after errors; returns the executed notebook.
+
+    ``timeout``: seconds per cell; ``notebook_timeout``: seconds for the whole notebook (then the running
+    cell raises ``nbclient.exceptions.CellTimeoutError`` and the kernel is shut down). ``nb``: the notebook,
+    already read from ``path``. Cells run so far keep their outputs in ``nb``.
+    """
+    import logging
+    import time
+
     import nbformat
     from nbclient import NotebookClient
 
     path = Path(path)
-    nb = nbformat.read(path, as_version=4)
-    client = NotebookClient(nb, timeout=timeout, allow_errors=True, kernel_name="python3",
+    nb = nb if nb is not None else nbformat.read(path, as_version=4)
+    deadline = None if notebook_timeout is None else time.monotonic() + notebook_timeout
+
+    def cell_timeout(cell) -> float:
+        left = math.inf if deadline is None else deadline - time.monotonic()
+        return max(1.0, min(float(timeout), left))
+
+    log = logging.getLogger("course_utils.grading.nbclient")  # its timeout message becomes our error row
+    log.addHandler(logging.NullHandler())
+    log.propagate = False
+    client = NotebookClient(nb, timeout=timeout, timeout_func=cell_timeout, allow_errors=True,
+                            kernel_name="python3", shutdown_kernel="immediate", log=log,
                             resources={"metadata": {"path": str(cwd or path.parent)}})
     client.execute()
     return nb
 
 
 def check_results(nb) -> list[bool]:
-    """For each check cell in an executed notebook: did it run without error?"""
-    return [not any(o.get("output_type") == "error" for o in cell.get("outputs", []))
+    """For each check cell in an executed notebook: did it run, and without error?"""
+    return [cell.get("execution_count") is not None
+            and not any(o.get("output_type") == "error" for o in cell.get("outputs", []))
             for cell in nb.cells if is_check_cell(cell)]
 
 
+def _row(name: str, results: list[bool], error: str = "") -> dict:
+    """One CSV row; an error row keeps the checks that passed before the error, and has no score."""
+    score = "" if error else (round(sum(results) / len(results), 3) if results else 0.0)
+    return {"notebook": name, "passed": sum(results), "checks": len(results), "score": score, "error": error}
+
+
+def grade_one(path: Path, timeout: int = 900, notebook_timeout: float | None = 3600,
+              cwd: Path | str | None = None) -> dict:
+    """Execute one submission in its own temporary copy and count its passing check cells: a CSV row.
+
+    A notebook that cannot be read, runs out of time or kills its kernel gets an error row naming the
+    file and the reason (never an exception): ``grade`` goes on with the next one.
+    """
+    import shutil
+    import tempfile
+
+    import nbformat
+
+    path = Path(path)
+    try:
+        nb = nbformat.read(path, as_version=4)
+    except Exception as err:  # noqa: BLE001 - not JSON, not a notebook, unreadable: an error row
+        return _row(path.name, [], f"cannot read {path.name}: {_first_line(err)}")
+    with tempfile.TemporaryDirectory(prefix="grade-") as tmp:
+        copy = Path(shutil.copy2(path, Path(tmp) / path.name))
+        try:
+            execute(copy, timeout=timeout, cwd=cwd or tmp, notebook_timeout=notebook_timeout, nb=nb)
+        except Exception as err:  # noqa: BLE001 - timeout, dead kernel: an error row, and the batch goes on
+            return _row(path.name, check_results(nb), _execution_error(err, timeout, notebook_timeout))
+    return _row(path.name, check_results(nb))
+
+
+def _first_line(err: BaseException) -> str:
+    text = (str(err).strip().splitlines() or [""])[0]
+    return f"{type(err).__name__}: {text}"[:200]
+
+
+def _execution_error(err: BaseException, timeout: int, notebook_timeout: float | None) -> str:
+    """What went wrong while executing, in words."""
+    from nbclient.exceptions import CellTimeoutError, DeadKernelError
+
+    if isinstance(err, CellTimeoutError):
+        limit = f"{timeout} s per cell (--timeout)"
+        if notebook_timeout is not None and notebook_timeout < timeout:
+            limit = f"{notebook_timeout:g} s per notebook (--notebook-timeout)"
+        return f"timed out: a cell was still running after the limit of {limit}"
+    if isinstance(err, DeadKernelError):
+        return "the kernel died (the notebook crashed or exited Python)"
+    return f"execution failed: {_first_line(err)}"
+
+
 def grade(folder: Path | str, out_csv: Path | str | None = None, timeout: int = 900,
-          cwd: Path | str | None = None) -> list[dict]:
+          cwd: Path | str | None = None, notebook_timeout: float | None = 3600,
+          on_row: Callable[[dict], None] | None = None) -> list[dict]:
     """Execute every notebook in ``folder`` and count passing check cells; optionally write a CSV.
 
-    Submissions are run with their own folder as working directory unless ``cwd`` is given.
-    WARNING: this runs students' code with your permissions.
+    Each submission runs in its own temporary copy (its working directory, unless ``cwd`` is given), so
+    one submission cannot change another's file; ``timeout`` is per cell, ``notebook_timeout`` per
+    notebook. A notebook that cannot be read, times out or kills its kernel gets an error row (see
+    ``grade_one``) and the batch goes on. The CSV is rewritten after every notebook, so the rows already
+    graded survive anything that happens later; ``on_row`` is called with each row as it is done.
+    WARNING: this runs students' code with your permissions (``GRADING_WARNING``).
     """
     rows = []
     for path in _notebooks(folder):
-        results = check_results(execute(path, timeout=timeout, cwd=cwd))
-        rows.append({"notebook": path.name, "passed": sum(results), "checks": len(results),
-                     "score": round(sum(results) / len(results), 3) if results else 0.0})
-    if out_csv:
-        _write_csv(Path(out_csv), rows)
+        rows.append(grade_one(path, timeout, notebook_timeout, cwd))
+        if out_csv:
+            _write_csv(Path(out_csv), rows)
+        if on_row is not None:
+            on_row(rows[-1])
     return rows
 
 
 def _write_csv(path: Path, rows: Iterable[dict]) -> None:
+    """Write the rows atomically (a temporary file, then ``os.replace``)."""
+    import os
+    import tempfile
+
     rows = list(rows)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=["notebook", "passed", "checks", "score"])
-        writer.writeheader()
-        writer.writerows(rows)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=CSV_FIELDS)
+            writer.writeheader()
+            writer.writerows(rows)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -17,8 +17,10 @@ Explained in notebook ``00_setup``. Environment variables:
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 REPO_ROOT = PACKAGE_DIR.parent
@@ -36,6 +38,20 @@ def repo_url() -> str:
 def is_quick() -> bool:
     """True unless ``COURSE_QUICK`` is set to 0/false/no."""
     return os.environ.get("COURSE_QUICK", "1").strip().lower() not in {"0", "false", "no", "off"}
+
+
+def progress_enabled() -> bool:
+    """False when ``COURSE_PROGRESS`` is 0/false/no/off (the committed notebooks are executed that way)."""
+    return os.environ.get("COURSE_PROGRESS", "1").strip().lower() not in {"0", "false", "no", "off"}
+
+
+def progress_bar(iterable: Iterable | None = None, **kwargs: Any) -> Any:
+    """The course's one progress bar: ``tqdm.auto`` (a widget in Jupyter, plain text in a terminal), hidden
+    when ``COURSE_PROGRESS=0`` or when ``disable=True`` is passed. Keyword arguments go to tqdm."""
+    from tqdm.auto import tqdm  # lazy: tqdm.auto looks for Jupyter widgets, which only a bar needs
+
+    kwargs["disable"] = bool(kwargs.get("disable")) or not progress_enabled()
+    return tqdm(iterable, **kwargs)
 
 
 def cache_dir(sub: str = "") -> Path:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-import keras
+from course_utils.quiet import keras
 import numpy as np
 
 from course_utils.backbones import block_names, feature_layer, layer_blocks

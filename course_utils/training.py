@@ -11,10 +11,11 @@ import math
 import time
 from typing import Callable, Mapping, Sequence
 
-import keras
 import numpy as np
 
+from course_utils import evaluation
 from course_utils.data import ImageSet, make_batches
+from course_utils.quiet import keras
 from course_utils.surgery import is_new_layer
 
 Preprocess = Callable[[np.ndarray], np.ndarray]
@@ -52,8 +53,8 @@ class LayerwiseSGD(keras.optimizers.SGD):
 def make_optimizer(model: keras.Model, lr: float, backbone_lr: float | None = None,
                    momentum: float = 0.9) -> keras.optimizers.Optimizer:
     """SGD at ``lr`` for the new layers and ``backbone_lr`` (default: the same) for the pretrained ones."""
-    if lr <= 0 or (backbone_lr is not None and backbone_lr < 0):
-        raise ValueError(f"Learning rates must be positive, got lr={lr}, backbone_lr={backbone_lr}.")
+    if not lr > 0 or not math.isfinite(lr) or (backbone_lr is not None and not 0 <= backbone_lr < math.inf):
+        raise ValueError(f"Learning rates must be positive and finite, got lr={lr}, backbone_lr={backbone_lr}.")
     if backbone_lr is None or backbone_lr == lr:
         return keras.optimizers.SGD(learning_rate=lr, momentum=momentum)
     factor = backbone_lr / lr
@@ -112,8 +113,7 @@ def _repeat(data):
 def predict_proba(model: keras.Model, images: np.ndarray, preprocess: Preprocess,
                   batch_size: int = 64) -> np.ndarray:
     """Class probabilities for uint8 images, batch by batch."""
-    data = make_batches(images, np.zeros(len(images), dtype="int64"), preprocess, batch_size=batch_size)
-    return np.asarray(model.predict(data, verbose=0))
+    return evaluation.predict(model, images, preprocess, batch_size=batch_size)
 
 
 def classification_report(y_true: np.ndarray, y_pred: np.ndarray, classes: Sequence[str]) -> dict:
@@ -130,9 +130,47 @@ def classification_report(y_true: np.ndarray, y_pred: np.ndarray, classes: Seque
 
 
 def evaluate(model: keras.Model, test_set: ImageSet, preprocess: Preprocess, batch_size: int = 64) -> dict:
-    """``classification_report`` of ``model`` on ``test_set``."""
+    """``classification_report`` of ``model`` on ``test_set``; :class:`DivergedError` when its outputs are not
+    finite (a diverged model has no accuracy)."""
     probs = predict_proba(model, test_set.images, preprocess, batch_size)
+    check_finite(probs, "the model's outputs on the test images")
     return classification_report(test_set.labels, probs.argmax(axis=1), test_set.classes)
+
+
+class DivergedError(ValueError):
+    """Training diverged: the loss or the outputs became NaN or infinite (notebook ``03_learning_rate``)."""
+
+
+def check_finite(values, what: str) -> None:
+    """Raise :class:`DivergedError` naming ``what`` and where it first stopped being finite.
+
+    ``values``: per-step or per-epoch losses (a list) or an output array. Used by ``recipes.run``
+    (``python -m course_utils train``) and the sweep engine (``experiments.Engine``)."""
+    array = np.asarray(values, dtype="float64").ravel()
+    bad = np.flatnonzero(~np.isfinite(array))
+    if len(bad):
+        where = f" (at {bad[0] + 1} of {len(array)})" if np.ndim(values) == 1 and len(array) > 1 else ""
+        raise DivergedError(f"training diverged: {what} became {array[bad[0]]}{where}; "
+                            "lower the learning rate (e.g. 10x)")
+
+
+def check_loss(losses: Sequence[float], num_classes: int, what: str) -> None:
+    """:class:`DivergedError` when the per-epoch ``losses`` became non-finite, or exploded: ended above twice
+    the loss of a uniform guess (``2 ln N``, notebook ``03_learning_rate``'s definition) and above where they
+    started. ``recipes.run`` (``python -m course_utils train``) checks every run with it."""
+    check_finite(losses, what)
+    if not len(losses):
+        return
+    first, final, limit = float(losses[0]), float(losses[-1]), 2 * math.log(max(num_classes, 2))
+    if final > limit and final > first:
+        raise DivergedError(f"training diverged: {what} rose from {first:.3g} to {final:.3g}, worse than "
+                            f"guessing (2 ln {num_classes} = {limit:.2f}); lower the learning rate (e.g. 10x)")
+
+
+def diverged_report(classes: Sequence[str], n_test: int, reason: str) -> dict:
+    """The report of a diverged run: ``diverged`` true and no accuracy (None, so it stays strict JSON)."""
+    return {"diverged": True, "reason": str(reason), "accuracy": None, "per_class_accuracy": None,
+            "confusion_matrix": None, "classes": list(classes), "n_test": int(n_test)}
 
 
 class Timer:
@@ -151,23 +189,6 @@ class Timer:
 # Cached activations and sweeps (notebooks 04_freezing, 05_bottleneck_features, 06_extension_layers)
 
 
-def _call(model: keras.Model, batch) -> np.ndarray:
-    """One inference-mode forward pass as float32 numpy (no ``predict``: nothing is traced per model)."""
-    import warnings
-
-    with warnings.catch_warnings():  # a cut model may expect its one input wrapped in a list
-        warnings.filterwarnings("ignore", message="The structure of `inputs`")
-        return np.asarray(keras.ops.convert_to_numpy(model(batch, training=False)), dtype="float32")
-
-
-def _predict_arrays(model: keras.Model, x: np.ndarray, batch_size: int = 256) -> np.ndarray:
-    """``model(x)`` in inference mode, batch by batch, as float32 numpy. Unlike ``predict`` it traces no new
-    function per model, which keeps sweeps over many small models fast and free of retracing warnings."""
-    x = np.asarray(x)
-    out = [_call(model, x[i:i + batch_size]) for i in range(0, len(x), batch_size)]
-    return np.concatenate(out) if out else np.zeros((0,) + tuple(model.output.shape[1:]), "float32")
-
-
 def activations(part: keras.Model, data: ImageSet | np.ndarray, preprocess: Preprocess | None = None,
                 batch_size: int = 64) -> np.ndarray:
     """Outputs of ``part`` (e.g. a prefix from ``surgery.split_at_block``) for an ``ImageSet`` (preprocessed
@@ -175,12 +196,8 @@ def activations(part: keras.Model, data: ImageSet | np.ndarray, preprocess: Prep
     if isinstance(data, ImageSet):
         if preprocess is None:
             raise ValueError("pass the backbone's preprocess function to compute activations of images")
-        batches = make_batches(data.images, data.labels, preprocess, batch_size=batch_size)
-        if hasattr(batches, "__len__") and hasattr(batches, "__getitem__"):  # a PyDataset
-            batches = (batches[i] for i in range(len(batches)))
-        out = [_call(part, np.asarray(x)) for x, _ in batches]
-        return np.concatenate(out) if out else np.zeros((0,) + tuple(part.output.shape[1:]), "float32")
-    return _predict_arrays(part, np.asarray(data), batch_size)
+        return evaluation.predict(part, data.images, preprocess, batch_size=batch_size)
+    return evaluation.predict(part, np.asarray(data), batch_size=batch_size)
 
 
 def _reset_optimizer(model: keras.Model) -> None:
@@ -252,7 +269,7 @@ def _finetune_run(model: keras.Model, split, preprocess: Preprocess, k: int, cac
             history = train(model, split.train, preprocess, lr=lr, backbone_lr=backbone_lr, epochs=epochs,
                             batch_size=batch_size, seed=seed, verbose=verbose)
     if cached:
-        probs = _predict_arrays(suffix, x_test)
+        probs = evaluation.predict(suffix, x_test)
     else:
         probs = predict_proba(model, split.test.images, preprocess)
     report = classification_report(split.test.labels, probs.argmax(axis=1), split.test.classes)
@@ -463,7 +480,7 @@ def per_class_finetune_sweep(model: keras.Model, split, preprocess: Preprocess, 
             order = np.concatenate([rng.permutation(idx) for _ in range(-(-steps * batch // len(idx)))])
             order = order[:steps * batch]
             suffix.fit(x_pool[order], y_pool[order], batch_size=batch, epochs=1, shuffle=False, verbose=0)
-            probs = _predict_arrays(suffix, x_test)
+            probs = evaluation.predict(suffix, x_test)
             accs.append(float(np.mean(probs.argmax(axis=1) == split.test.labels)))
         results.append(accs)
     model.set_weights(start)
@@ -488,7 +505,7 @@ def train_head_on_features(train_features: np.ndarray, train_labels: np.ndarray,
     seed_everything(seed)
     head = surgery.head_model(train_features.shape[1], len(classes), extension_units, dropout, seed)
     history = fit_arrays(head, train_features, train_labels, lr, epochs=epochs, steps=steps, batch_size=batch_size)
-    probs = _predict_arrays(head, test_features)
+    probs = evaluation.predict(head, test_features)
     report = classification_report(test_labels, probs.argmax(axis=1), classes)
     report.update(trainable_params=surgery.count_params(head)["trainable"],
                   train_accuracy=float(history.history["accuracy"][-1]),
@@ -527,7 +544,7 @@ def extension_sweep(train_features: np.ndarray, train_labels: np.ndarray, test_f
             seed_everything(seed)
             history = model.fit(train_features, train_labels, batch_size=batch, epochs=n_epochs, shuffle=True,
                                 verbose=0)
-            probs = _predict_arrays(model, test_features)
+            probs = evaluation.predict(model, test_features)
             report = classification_report(test_labels, probs.argmax(axis=1), classes)
             report.update(trainable_params=surgery.count_params(model)["trainable"],
                           train_accuracy=float(history.history["accuracy"][-1]),
@@ -649,7 +666,7 @@ def lr_sweep(model: keras.Model, split, preprocess: Preprocess, rates: Sequence[
     x_train, x_test = activations(prefix, split.train, preprocess), activations(prefix, split.test, preprocess)
     y_train, y_test = split.train.labels, split.test.labels
     num_classes = len(split.train.classes)
-    start_probs = np.asarray(suffix.predict(x_test, batch_size=64, verbose=0))
+    start_probs = evaluation.predict(suffix, x_test)
     start_accuracy = float(np.mean(start_probs.argmax(axis=1) == y_test))
     batch = max(1, min(batch_size, len(y_train)))
     results = {}
@@ -673,7 +690,7 @@ def lr_sweep(model: keras.Model, split, preprocess: Preprocess, rates: Sequence[
                 with np.errstate(all="ignore"):
                     history = suffix.fit(x_train, y_train, batch_size=batch, epochs=int(epochs), shuffle=True,
                                          verbose=0).history
-                    probs = np.nan_to_num(np.asarray(suffix.predict(x_test, batch_size=128, verbose=0)), nan=0.0)
+                    probs = np.nan_to_num(evaluation.predict(suffix, x_test, batch_size=128), nan=0.0)
                     change = relative_change(before, [np.array(v) for v in _pretrained_trainable(model)])
                 final = float(history["loss"][-1])
                 accs.append(float(np.mean(probs.argmax(axis=1) == y_test)))

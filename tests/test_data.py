@@ -302,7 +302,8 @@ def test_class_with_only_unreadable_files(image_tree):
 @pytest.mark.parametrize(
     "spec, advice",
     [
-        ("no/such/folder", ["no such folder 'no/such/folder'", "tfds:NAME or sklearn:digits"]),
+        ("no/such/folder", ["no such folder 'no/such/folder'", "tfds:NAME, sample:eurosat or sklearn:digits"]),
+            ("sample:mnist", ["unknown sample 'sample:mnist'", "sample:eurosat"]),
         ("sklearn:iris", ["only sklearn dataset is sklearn:digits"]),
     ],
 )

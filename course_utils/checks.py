@@ -1,0 +1,210 @@
+"""Checks that run before any expensive work: command-line numbers, config values, names and output paths.
+
+The command line (``python -m course_utils ...``, README "Command line") and ``experiments.load_config``
+(notebook ``07_experiments``) call these first, so a bad value stops the command in a second, with a message
+that names the flag, or the key and the file, and says what to do, instead of failing after training.
+Every error here is a :class:`UsageError` (a ``ValueError``); ``cli.main`` prints it as one ``error:`` line
+and exits with code 2. :func:`strict_json` keeps reports and the results store valid strict JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import re
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+__all__ = [
+    "UsageError", "as_bool", "as_float", "as_int", "as_list", "as_name", "as_text", "number",
+    "output_path", "strict_json", "write_json",
+]
+
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+-]*$")
+IMAGE_SIZE = (32, 1024)  # pixels: the smallest input every backbone takes; the largest that fits in memory
+LR_MAX = 10.0  # a base learning rate above this always diverges with SGD
+SEED_MAX = 2**32 - 1  # NumPy's legacy seeding (keras.utils.set_random_seed) takes no more
+
+
+class UsageError(ValueError):
+    """A bad argument, config value or output path; the message names it and says what to do next."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Numbers on the command line (argparse ``type=``)
+
+
+def _range_text(low: float | None, high: float | None, low_open: bool, name: str = "x") -> str:
+    """``0 < --lr <= 10``-style text for a range of ``name``."""
+    if high is None:
+        return "any value" if low is None else f"{name} {'>' if low_open else '>='} {low:g}"
+    left = "" if low is None else f"{low:g} {'<' if low_open else '<='} "
+    return f"{left}{name} <= {high:g}"
+
+
+def number(flag: str, low: float | None = None, high: float | None = None, *, integer: bool = False,
+           low_open: bool = False) -> Callable[[str], float | int]:
+    """An argparse ``type=`` for ``flag`` that accepts only finite numbers in ``[low, high]`` (``(low, high]``
+    when ``low_open``); integers only when ``integer``. The message states the range in the flag's name:
+    ``argument --lr: must be a finite number, 0 < --lr <= 10, got 'nan'``."""
+    kind = "a whole number" if integer else "a finite number"
+    bounds = _range_text(low, high, low_open, flag)
+
+    def convert(text: str) -> float | int:
+        try:
+            value = float(text)
+        except (TypeError, ValueError):
+            value = math.nan
+            finite = False
+        else:
+            finite = math.isfinite(value)
+        ok = finite and (not integer or value == int(value))
+        if ok and low is not None:
+            ok = value > low if low_open else value >= low
+        if ok and high is not None:
+            ok = value <= high
+        if not ok:
+            raise argparse.ArgumentTypeError(f"must be {kind}, {bounds}, got {text!r}")
+        return int(value) if integer else value
+
+    convert.__name__ = "int" if integer else "float"
+    return convert
+
+
+# --------------------------------------------------------------------------------------------------
+# Config values (experiments.load_config): the key and the file are named in every message
+
+
+def _bad(where: str, key: str, wanted: str, value: Any) -> UsageError:
+    return UsageError(f"{where}: {key} must be {wanted}, got {value!r} ({type(value).__name__})")
+
+
+def as_int(value: Any, key: str, where: str, low: int | None = None, high: int | None = None,
+           allow_none: bool = False) -> int | None:
+    """``value`` as an int in ``[low, high]`` (or None when ``allow_none``), else UsageError naming ``key``
+    and the file ``where``."""
+    if value is None and allow_none:
+        return None
+    ok = isinstance(value, int) and not isinstance(value, bool)
+    if isinstance(value, float) and math.isfinite(value) and value == int(value):
+        value, ok = int(value), True
+    ok = ok and (low is None or value >= low) and (high is None or value <= high)
+    if not ok:
+        wanted = f"a whole number, {_range_text(low, high, False, key)}" + (", or null" if allow_none else "")
+        raise _bad(where, key, wanted, value)
+    return int(value)
+
+
+def as_float(value: Any, key: str, where: str, low: float | None = None, high: float | None = None,
+             low_open: bool = False) -> float:
+    """``value`` as a finite float in the range, or UsageError naming ``key`` and the file ``where``."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    if ok and low is not None:
+        ok = value > low if low_open else value >= low
+    if ok and high is not None:
+        ok = value <= high
+    if not ok:
+        raise _bad(where, key, f"a finite number, {_range_text(low, high, low_open, key)}", value)
+    return float(value)
+
+
+def as_bool(value: Any, key: str, where: str) -> bool:
+    """``value`` if it is true or false (YAML ``true``/``false``), else UsageError."""
+    if not isinstance(value, bool):
+        raise _bad(where, key, "true or false", value)
+    return value
+
+
+def as_text(value: Any, key: str, where: str) -> str:
+    """``value`` if it is a non-empty string, else UsageError."""
+    if not isinstance(value, str) or not value.strip():
+        raise _bad(where, key, "a non-empty string", value)
+    return value
+
+
+def as_list(value: Any, key: str, where: str, item: Callable[[Any, str, str], Any]) -> list:
+    """A list (a single value counts as a list of one) with ``item(value, key, where)`` applied to each."""
+    values = list(value) if isinstance(value, (list, tuple)) else [value]
+    try:
+        return [item(v, f"{key}[{i}]" if len(values) > 1 else key, where) for i, v in enumerate(values)]
+    except UsageError:
+        if isinstance(value, str) and "," in value:  # seeds: "0, 1"
+            raise _bad(where, key, "a list, e.g. [0, 1, 2]", value) from None
+        raise
+
+
+def as_name(value: Any, key: str, where: str) -> str:
+    """A plain name (letters, digits, ``_ . + -``; no path separator, no ``..``), e.g. a sweep's ``name``,
+    which becomes a file name inside the cache (``<cache>/results/<name>.jsonl``)."""
+    text = str(value) if isinstance(value, (str, int)) and not isinstance(value, bool) else None
+    if text is None or not NAME_PATTERN.match(text) or ".." in text:
+        raise UsageError(f"{where}: {key} must be a plain name (letters, digits, '_', '.', '+', '-'; no '/', "
+                         f"'\\' or '..'), got {value!r}. It names a file inside the cache; to write the "
+                         "results elsewhere, pass --out PATH (run_sweep(out=...))")
+    return text
+
+
+# --------------------------------------------------------------------------------------------------
+# Output paths: checked (and their folders made) before any data is loaded
+
+
+def output_path(path: str | os.PathLike, flag: str, suffix: str | None = None) -> Path:
+    """Make ``path``'s parent folders and check that ``path`` can be written, before any work.
+
+    Refuses a path that is a folder, whose parent is a file, or that cannot be written (read-only disk,
+    ``/proc``, no permission), naming ``flag`` (e.g. ``--json``). Nothing is written to ``path`` itself.
+    """
+    path = Path(path).expanduser()
+    if suffix is not None and path.suffix != suffix:
+        raise UsageError(f"{flag} must end in {suffix} (got {path})")
+    if path.is_dir():
+        raise UsageError(f"{flag} {path} is a folder; give a file name, e.g. {path / ('out' + (suffix or '.json'))}")
+    parent = path.parent
+    for folder in (parent, *parent.parents):
+        if folder.exists() and not folder.is_dir():
+            raise UsageError(f"{flag} {path}: {folder} is a file, not a folder; choose another path")
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=parent, prefix=".write-test-"):
+            pass
+    except OSError as err:
+        raise UsageError(f"{flag} {path}: cannot write in {parent} ({err.strerror or err}); "
+                         "choose a folder you can write to") from None
+    if path.exists() and not os.access(path, os.W_OK):
+        raise UsageError(f"{flag} {path}: the file exists and is read-only; choose another path")
+    return path
+
+
+# --------------------------------------------------------------------------------------------------
+# Strict JSON (no NaN / Infinity): reports (train --json) and the results store
+
+
+def strict_json(value: Any) -> Any:
+    """``value`` with every non-finite float (NaN, inf) replaced by None, numpy scalars as Python numbers."""
+    if isinstance(value, dict):
+        return {str(k): strict_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict_json(v) for v in value]
+    if hasattr(value, "item") and callable(value.item) and getattr(value, "ndim", 1) == 0:
+        value = value.item()  # numpy scalar
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def write_json(path: str | os.PathLike, value: Any) -> Path:
+    """Write ``strict_json(value)`` to ``path`` atomically (a temporary file, then ``os.replace``)."""
+    path = Path(path)
+    text = json.dumps(strict_json(value), indent=2, allow_nan=False)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text + "\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
