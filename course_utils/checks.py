@@ -151,17 +151,18 @@ def as_name(value: Any, key: str, where: str) -> str:
 # Output paths: checked (and their folders made) before any data is loaded
 
 
-def output_path(path: str | os.PathLike, flag: str, suffix: str | None = None) -> Path:
+def output_path(path: str | os.PathLike, flag: str, suffix: str | None = None, example: str = "out.json") -> Path:
     """Make ``path``'s parent folders and check that ``path`` can be written, before any work.
 
     Refuses a path that is a folder, whose parent is a file, or that cannot be written (read-only disk,
-    ``/proc``, no permission), naming ``flag`` (e.g. ``--json``). Nothing is written to ``path`` itself.
+    ``/proc``, no permission), naming ``flag`` (e.g. ``--json``) and suggesting a file name like ``example``.
+    Nothing is written to ``path`` itself.
     """
     path = Path(path).expanduser()
     if suffix is not None and path.suffix != suffix:
         raise UsageError(f"{flag} must end in {suffix} (got {path})")
     if path.is_dir():
-        raise UsageError(f"{flag} {path} is a folder; give a file name, e.g. {path / ('out' + (suffix or '.json'))}")
+        raise UsageError(f"{flag} {path} is a folder; give a file name, e.g. {path / example}")
     parent = path.parent
     for folder in (parent, *parent.parents):
         if folder.exists() and not folder.is_dir():

@@ -112,7 +112,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     """
     from course_utils import backbones, data, recipes
 
-    save = checks.output_path(args.save, "--save", ".keras") if args.save is not None else None
+    save = checks.output_path(args.save, "--save", ".keras", "model.keras") if args.save is not None else None
     out = checks.output_path(args.json, "--json") if args.json is not None else None
     recipe = recipes.Recipe(method=args.method, backbone=args.backbone, weights=args.weights, lr=args.lr,
                             backbone_lr=args.backbone_lr, steps=args.steps, epochs=args.epochs,
@@ -139,7 +139,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def format_report(report: dict) -> str:
     """Accuracy, per-class accuracy and the confusion matrix as text; a diverged run says so instead."""
     if report.get("diverged"):
-        return f"diverged: {report['reason']}"
+        return f"{report['reason']} (so there is no test accuracy)"
     classes = report["classes"]
     width = max(len(c) for c in classes)
     lines = [f"test accuracy: {report['accuracy']:.3f}  ({report['n_test']} test images, "
@@ -221,7 +221,7 @@ def cmd_grade(args: argparse.Namespace) -> int:
     """
     from course_utils import release
 
-    out = checks.output_path(args.csv, "--csv") if args.csv is not None else None
+    out = checks.output_path(args.csv, "--csv", example="grades.csv") if args.csv is not None else None
     print(release.GRADING_WARNING, file=sys.stderr, flush=True)
 
     def show(row: dict) -> None:
@@ -248,7 +248,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     """Run every run of the config not yet in the results file; print a summary per topology."""
     from course_utils import experiments
 
-    out = checks.output_path(args.out, "--out") if args.out is not None else None
+    out = checks.output_path(args.out, "--out", example="results.jsonl") if args.out is not None else None
     config = experiments.load_config(args.config, data=args.data)
     result = experiments.run_sweep(config, out=out, cache=not args.no_cache)
     print(result)

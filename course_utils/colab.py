@@ -37,14 +37,19 @@ def clone_dir_name(url: str = settings.REPO_URL) -> str:
     return name[:-4] if name.endswith(".git") else name
 
 
-def badge(notebook_name: str, url: str = settings.REPO_URL) -> str:
-    """The "Open In Colab" badge (Markdown) of ``notebooks/<notebook_name>`` on GitHub (notebook ``00_setup``)."""
+def colab_url(path: str, url: str = settings.REPO_URL) -> str:
+    """The address at which Colab opens the repository file ``path`` (e.g. ``notebooks/00_setup.ipynb``)."""
     prefix = "https://github.com/"
     if not url.startswith(prefix):
         raise ValueError(f"Colab opens notebooks from GitHub only; REPO_URL is {url!r}")
     repo = url[len(prefix):].rstrip("/").removesuffix(".git")
+    return f"https://colab.research.google.com/github/{repo}/blob/{BRANCH}/{path}"
+
+
+def badge(notebook_name: str, url: str = settings.REPO_URL) -> str:
+    """The "Open In Colab" badge (Markdown) of ``notebooks/<notebook_name>`` on GitHub (notebook ``00_setup``)."""
     return ("[![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)]"
-            f"(https://colab.research.google.com/github/{repo}/blob/{BRANCH}/notebooks/{notebook_name})")
+            f"({colab_url('notebooks/' + notebook_name, url)})")
 
 
 def setup_cell_source(url: str = settings.REPO_URL) -> str:
@@ -115,7 +120,10 @@ def _satisfied(line: str, requirement_class) -> bool:
             return True
         except metadata.PackageNotFoundError:
             return False
-    req = requirement_class(line)
+    try:
+        req = requirement_class(line)
+    except Exception:  # noqa: BLE001 - a line packaging cannot read: let pip decide
+        return False
     if req.marker is not None and not req.marker.evaluate():
         return True
     try:
@@ -235,7 +243,7 @@ def install(repo_dir: str | os.PathLike = ".", requirements: str = "requirements
         before = installed_versions()
         _pip("install", *missing)
         new = changed(before, installed_versions())
-        print(f"installed (not in this runtime or too old): {', '.join(missing)}")
+        print(f"installed (missing here, or a version outside the course's bounds): {', '.join(missing)}")
         extra = [name for name in new if name not in {requirement_name(line) for line in missing}]
         if extra:
             print(f"  pip also installed or updated: {', '.join(extra)}")

@@ -208,7 +208,8 @@ def environment_report(check_online: bool = True, timeout: float = 1.0) -> dict:
     from course_utils.data import tfds_data_dir
 
     quick = is_quick()
-    spec, note = _choose_data(quick, FULL_DEFAULT_SPEC)
+    online = is_online(timeout) if check_online else None
+    spec, note = _choose_data(quick, FULL_DEFAULT_SPEC, online)
     backend = keras.backend.backend()
     try:
         ckpt = backbones.efficientnet_lite0_checkpoint()
@@ -228,7 +229,7 @@ def environment_report(check_online: bool = True, timeout: float = 1.0) -> dict:
         "backends_installed": [b for b in ("tensorflow", "jax", "torch") if importlib.util.find_spec(b)],
         "accelerators": _accelerators(backend),
         "cpu_cores": cores,
-        "online": is_online(timeout) if check_online else None,
+        "online": online,
         "mode": "quick" if quick else "full",
         "data": f"{spec} ({note})",
         "cache": str(cache_dir()),

@@ -28,14 +28,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from course_utils import settings
+from course_utils import colab, settings
 
 TITLE = "Fine-tuning CNNs for image classification"
 EXTRA_HINT = 'the site needs the optional extra: pip install -e ".[site]"'
 SITE_MODULES = ("sphinx", "myst_nb", "sphinx_book_theme", "sphinx_copybutton")
 DOCS = ("docs/findings.md", "docs/architecture.md")
 LANDING_SECTIONS = ("The notebooks",)  # README sections shown on the landing page after the introduction
-BRANCH = "main"
 COLAB = "https://colab.research.google.com"
 
 _COLAB_BADGE = re.compile(r"\[!\[[^\]]*\]\(https://colab\.research\.google\.com/assets/colab-badge\.svg\)\]"
@@ -108,12 +107,6 @@ def index_page(readme: str, notebooks: list[str], docs: tuple[str, ...] = DOCS, 
                       toc("Reference", [posixpath.splitext(d)[0] for d in docs])])
 
 
-def colab_link(path: str, repo: str | None = None) -> str:
-    """The Colab URL of a file of the repository (a GitHub repository: Colab opens those)."""
-    slug = (repo or settings.repo_url()).rstrip("/").removesuffix(".git").split("github.com/")[-1]
-    return f"{COLAB}/github/{slug}/blob/{BRANCH}/{path}"
-
-
 def rewrite_links(text: str, src: str, pages: set[str], repo: str | None = None) -> str:
     """Keep relative links to staged pages; point the other repository files at the repository."""
     repo = (repo or settings.repo_url()).rstrip("/")
@@ -125,7 +118,7 @@ def rewrite_links(text: str, src: str, pages: set[str], repo: str | None = None)
         path = posixpath.normpath(posixpath.join(posixpath.dirname(src), target))
         if path in pages or path.startswith("../"):
             return match.group(0)
-        return f"]({repo}/blob/{BRANCH}/{path}{anchor})"
+        return f"]({repo}/blob/{colab.BRANCH}/{path}{anchor})"
 
     return _LINK.sub(fix, text)
 
@@ -138,7 +131,7 @@ def stage_notebook(src: Path, dst: Path, rel: str, pages: set[str], repo: str) -
         if cell.get("cell_type") != "markdown":
             continue
         text = "".join(cell["source"]) if isinstance(cell["source"], list) else cell["source"]
-        text = _COLAB_BADGE.sub(f"[Open in Colab]({colab_link(rel, repo)})", text)
+        text = _COLAB_BADGE.sub(f"[Open in Colab]({colab.colab_url(rel, repo or settings.repo_url())})", text)
         cell["source"] = rewrite_links(text, rel, pages, repo)
     dst.parent.mkdir(parents=True, exist_ok=True)
     dst.write_text(json.dumps(nb, ensure_ascii=False), encoding="utf-8")
@@ -176,7 +169,7 @@ def sphinx_config(repo: str | None = None) -> dict:
         "html_theme": "sphinx_book_theme",
         "html_theme_options": {
             "repository_url": repo,
-            "repository_branch": BRANCH,
+            "repository_branch": colab.BRANCH,
             "path_to_docs": "",  # the staged folder mirrors the repository's layout
             "use_repository_button": True,
             "use_download_button": True,

@@ -91,7 +91,7 @@ def test_install_asks_for_a_restart_when_an_imported_package_changed(tmp_path, m
     out = capsys.readouterr().out
     assert fake_pip[0] == ("install", "numpy>=99")
     assert fake_pip[1][:2] == ("install", "--no-deps") and fake_pip[1][-2:] == ("-e", str(tmp_path.resolve()))
-    assert "installed (not in this runtime or too old): numpy>=99" in out
+    assert "installed (missing here, or a version outside the course's bounds): numpy>=99" in out
     assert "kept this runtime's keras 3.10" in out
     assert f"{colab.RESTART}: pip replaced numpy" in out
 
@@ -308,7 +308,7 @@ def test_notebook_07_on_fake_colab_from_a_fresh_folder(tmp_path, monkeypatch):
     clone = student / colab.clone_dir_name()
     first = _outputs(nb.cells[setup_at])
     assert f"course folder: {clone}" in first
-    assert "nothing to install" in first and "installed (not in" not in first
+    assert "nothing to install" in first and "installed (missing" not in first
     assert f"kept this runtime's tensorflow {metadata.version('tensorflow')}, keras {metadata.version('keras')}" in first
     assert f"course_utils: installed from {clone} (editable" in first
     assert "GPU: " in first and "Restart" not in first

@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -13,6 +14,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from course_utils import experiments as ex
@@ -57,7 +59,7 @@ def test_unknown_config_key_names_the_allowed_keys():
     ({"topologies": [{"kind": "finetune_last", "layers": 2}]}, r"unknown topology keys \['layers'\]"),
     ({"topologies": [{"kind": "finetune_last", "blocks": 0}]}, "needs blocks >= 1"),
     ({"experiments": {"a": {"seeds": [1]}}}, r"unknown grid keys \['seeds'\]; an experiment may set"),
-    ({"lr": [0.0]}, "learning rates must be positive"),
+    ({"lr": [0.0]}, r"lr must be a finite number, 0 < lr <= 10, got 0.0"),
     ({"per_class": []}, "grid axis 'per_class' is empty"),
 ])
 def test_bad_configs_raise_helpful_errors(config, message):
@@ -229,3 +231,83 @@ def test_tiny_sweep_runs_on_the_jax_backend(tmp_path, tree, cache_env):
     rows = ex.load_results(out)
     assert len(rows) == 2 and {r["backend"] for r in rows} == {"jax"}
     assert {r["path"] for r in rows} == {"cached"}
+
+
+# ------------------------------------------------------------------------------------------ bad input (issue 13)
+
+
+@pytest.mark.parametrize("text, message", [
+    ("seeds: \"0, 1\"\n", r"c.yaml: seeds must be a list, e.g. \[0, 1, 2\], got '0, 1'"),
+    ("lr: [.nan]\n", r"c.yaml: lr must be a finite number, 0 < lr <= 10, got nan"),
+    ("name: ../../../../elsewhere/x\n", r"c.yaml: name must be a plain name .*no '/'"),
+    ("image_size: big\n", r"c.yaml: image_size must be a whole number, 32 <= image_size <= 1024, got 'big'"),
+    ("lr: [0.01\nsteps: [3]\n", r"c.yaml: not valid YAML \(.* at line 2, column 1\)"),
+])
+def test_bad_config_is_one_error_line_naming_key_and_file(text, message, tmp_path, tree, cache_env, capsys):
+    from course_utils import cli
+
+    config = tmp_path / "c.yaml"
+    config.write_text(text)
+    out = tmp_path / "r.jsonl"
+    ex.ResultStore(out).append({"id": "earlier", "accuracy": 0.5})  # results already computed
+    before = out.read_bytes()
+    assert cli.main(["sweep", str(config), "--data", str(tree), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and "Traceback" not in err, err
+    assert re.search(message, err), err
+    assert out.read_bytes() == before  # nothing lost, nothing written
+    assert not (cache_env / "results").exists() and not list(tmp_path.parent.glob("**/elsewhere"))
+
+
+def test_config_name_cannot_escape_the_cache(cache_env):
+    config = ex.load_config({"dataset": "sklearn:digits", "name": "plain"})
+    assert ex.default_results_path(config).parent == cache_env / "results"
+    with pytest.raises(ValueError, match="must be a plain name"):
+        ex.default_results_path(replace(config, name="../../x"))
+
+
+def test_sweep_out_naming_a_folder_is_refused(tmp_path, tree, capsys):
+    from course_utils import cli
+
+    config = tmp_path / "c.json"
+    config.write_text(json.dumps(tiny_config(tree)))
+    assert cli.main(["sweep", str(config), "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"error: --out {tmp_path} is a folder; give a file name, e.g. {tmp_path / 'results.jsonl'}"
+
+
+def test_store_is_strict_json_and_diverged_runs_have_no_accuracy(tmp_path):
+    store = ex.ResultStore(tmp_path / "r.jsonl")
+    store.append({"id": "ok", "accuracy": 0.5, "per_class_accuracy": {"a": float("nan")}, "run": {"lr": 0.1}})
+    store.append({"id": "bad", "diverged": True, "accuracy": float("nan"), "run": {"lr": 10.0},
+                  "confusion_matrix": None})
+    for line in store.path.read_text().splitlines():
+        json.loads(line, parse_constant=lambda c: pytest.fail(f"non-strict JSON: {c}"))
+    rows = store.rows()
+    assert rows[1]["accuracy"] is None and rows[0]["per_class_accuracy"] == {"a": None}
+    xs, seeds = ex.curve(rows, "lr")
+    assert xs == [0.1, 10.0] and seeds[0] == [0.5] and np.isnan(seeds[1][0])
+
+
+def test_a_diverging_sweep_run_is_stored_as_diverged(tree, cache_env, monkeypatch):
+    config = ex.load_config(tiny_config(tree, seeds=[0], per_class=[2], lr=[0.05], topologies=["frozen_head"]))
+    monkeypatch.setattr(ex, "train_steps", lambda *args, **kwargs: [0.7, float("nan")])
+    result = ex.run_sweep(config, out=cache_env / "d.jsonl", progress=False)
+    (row,) = ex.load_results(result.path)
+    assert row["diverged"] is True and row["accuracy"] is None and "became nan" in row["reason"]
+    assert "NaN" not in result.path.read_text()
+
+
+def test_damaged_activation_cache_heals_and_gives_the_same_results(tree, cache_env):
+    from course_utils.cache import CacheWarning
+
+    config = ex.load_config(tiny_config(tree, seeds=[0], per_class=[2], lr=[0.05], topologies=["frozen_head"]))
+    first = ex.run_sweep(config, out=cache_env / "a.jsonl", progress=False)
+    files = sorted((cache_env / "features").glob("*.npz"))
+    assert files, "the sweep cached its activations"
+    for path in files:
+        path.write_bytes(path.read_bytes()[:100])  # truncated
+    with pytest.warns(CacheWarning, match=re.escape(str(files[0]))):
+        again = ex.run_sweep(config, out=cache_env / "b.jsonl", progress=False)
+    assert again.rows[0]["confusion_matrix"] == first.rows[0]["confusion_matrix"]
+    assert all(np.load(p, allow_pickle=False)["values"].size for p in files)  # rewritten whole
