@@ -241,7 +241,7 @@ def test_tiny_sweep_runs_on_the_jax_backend(tmp_path, tree, cache_env):
     ("lr: [.nan]\n", r"c.yaml: lr must be a finite number, 0 < lr <= 10, got nan"),
     ("name: ../../../../elsewhere/x\n", r"c.yaml: name must be a plain name .*no '/'"),
     ("image_size: big\n", r"c.yaml: image_size must be a whole number, 32 <= image_size <= 1024, got 'big'"),
-    ("lr: [0.01\nsteps: [3]\n", r"c.yaml: not valid YAML \(.* at line 2, column 1\)"),
+    ("lr: [0.01\nsteps: [3]\n", r"c.yaml: not valid YAML \(.* at line 2, column \d+\); check the indentation"),
 ])
 def test_bad_config_is_one_error_line_naming_key_and_file(text, message, tmp_path, tree, cache_env, capsys):
     from course_utils import cli
