@@ -1,6 +1,6 @@
 """Benchmark: the frozen-topology grid of a sweep config with and without cached prefix activations.
 
-    python benchmarks/cache_speedup.py [--config configs/quick.yaml] [--data ../shared/data/flowers]
+    python benchmarks/cache_speedup.py [--config configs/quick.yaml] [--data SPEC]
 
 Runs the config's runs that have a frozen prefix twice in one process, first on cached activations, then
 naive (``--no-cache``: every step runs the whole network), each into its own fresh results file and with a

@@ -226,8 +226,11 @@ def cmd_grade(args: argparse.Namespace) -> int:
 
     def show(row: dict) -> None:
         counts = f"{row['passed']}/{row['checks']} checks pass"
-        print(f"{row['notebook']}: ERROR {row['error']} ({counts} before it)" if row["error"]
-              else f"{row['notebook']}: {counts}", flush=True)
+        if not row["error"]:
+            print(f"{row['notebook']}: {counts}", flush=True)
+        else:
+            before = f" ({counts.replace('pass', 'passed')} before that)" if row["checks"] else ""
+            print(f"{row['notebook']}: ERROR {row['error']}{before}", flush=True)
 
     release.grade(args.folder, out, timeout=args.timeout, notebook_timeout=args.notebook_timeout, on_row=show)
     if out:

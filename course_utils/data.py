@@ -505,7 +505,7 @@ def _import_tfds() -> Any:
     except ImportError as exc:
         raise DatasetError(
             "tfds: specs need tensorflow-datasets (pip install tensorflow tensorflow-datasets); "
-            "or use a folder spec such as ../shared/data/flowers"
+            "or use a folder spec, or sample:eurosat (ships with the course)"
         ) from exc
     return tfds
 
@@ -545,8 +545,8 @@ def _tfds_builder(tfds: Any, name: str) -> Any:
         raise DatasetError(
             f"could not get tfds:{name} into {data_dir} ({type(exc).__name__}: {str(exc)[:300]}). "
             "Downloading needs internet access: run this once online, or copy an already prepared copy of "
-            f"the dataset there (or set COURSE_DATA_DIR to a folder that has it), or use a local folder spec "
-            "such as ../shared/data/flowers."
+            f"the dataset there (or set COURSE_DATA_DIR to a folder that has it), or use sample:eurosat (real "
+            "photos that ship with the course) or a folder of your own."
         ) from exc
     return builder
 
