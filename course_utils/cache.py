@@ -16,12 +16,13 @@ import contextlib
 import hashlib
 import json
 import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
+
+from course_utils.checks import atomic_file
 
 __all__ = ["CacheWarning", "cached", "load", "save"]
 
@@ -43,23 +44,15 @@ def _meta(values: np.ndarray, key: str) -> dict:
 
 def save(path: str | os.PathLike, values: np.ndarray, key: str) -> Path:
     """Store ``values`` under ``path`` with its key, shape, dtype and checksum (atomic replace)."""
-    path = Path(path)
     values = np.ascontiguousarray(values)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.stem}.", suffix=".tmp.npz")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            np.savez(handle, values=values, meta=np.array(json.dumps(_meta(values, key))))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    with atomic_file(path, "wb") as handle:
+        np.savez(handle, values=values, meta=np.array(json.dumps(_meta(values, key))))
+    return Path(path)
 
 
 def _read(path: Path, key: str) -> np.ndarray:
     """The stored array, or ValueError saying what is wrong with the file."""
-    with np.load(path, allow_pickle=False) as stored:
+    with open(path, "rb") as handle, np.load(handle, allow_pickle=False) as stored:  # closed even when damaged
         if set(stored.files) != {"values", "meta"}:
             raise ValueError(f"not a course cache file (it holds {sorted(stored.files)})")
         meta = json.loads(str(stored["meta"]))

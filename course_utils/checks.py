@@ -10,16 +10,17 @@ and exits with code 2. :func:`strict_json` keeps reports and the results store v
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
 import re
 import tempfile
 from pathlib import Path
-from typing import Any, Callable
+from typing import IO, Any, Callable, Iterator
 
 __all__ = [
-    "UsageError", "as_bool", "as_float", "as_int", "as_list", "as_name", "as_text", "number",
+    "UsageError", "as_bool", "as_float", "as_int", "as_list", "as_name", "as_text", "atomic_file", "number",
     "output_path", "strict_json", "write_json",
 ]
 
@@ -196,16 +197,25 @@ def strict_json(value: Any) -> Any:
     return value
 
 
-def write_json(path: str | os.PathLike, value: Any) -> Path:
-    """Write ``strict_json(value)`` to ``path`` atomically (a temporary file, then ``os.replace``)."""
+@contextlib.contextmanager
+def atomic_file(path: str | os.PathLike, mode: str = "w", **options: Any) -> Iterator[IO]:
+    """Open a temporary file beside ``path`` and move it onto ``path`` (``os.replace``) when the block ends
+    without error, so ``path`` is always either the old file or the complete new one (reports, the grading
+    CSV, ``cache`` entries). ``options`` go to ``open`` (``encoding``, ``newline``)."""
     path = Path(path)
-    text = json.dumps(strict_json(value), indent=2, allow_nan=False)
+    path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text + "\n")
+        with os.fdopen(fd, mode, **options) as handle:
+            yield handle
         os.replace(tmp, path)
-    except BaseException:
+    finally:
         Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+
+
+def write_json(path: str | os.PathLike, value: Any) -> Path:
+    """Write ``strict_json(value)`` to ``path`` atomically (``atomic_file``)."""
+    text = json.dumps(strict_json(value), indent=2, allow_nan=False)
+    with atomic_file(path, encoding="utf-8") as handle:
+        handle.write(text + "\n")
+    return Path(path)

@@ -132,7 +132,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         checks.write_json(out, report)
         print(f"results written to {out}")
     if report.get("diverged"):
-        raise ValueError(f"{report['reason']}; no model was saved")
+        raise ValueError(report["reason"] + ("; no model was saved" if save else ""))
     return 0
 
 

@@ -474,6 +474,7 @@ def verify(spec: str, recommendation: Recommendation, per_class: int | None = No
         for name, method in (("freeze", "head"), ("finetune", "finetune")):
             recipe = recipes.Recipe(method=method, backbone=recommendation.backbone, unfreeze=unfreeze,
                                     steps=steps, seed=int(seed))
-            accuracy[name].append(recipes.run(split, recipe)[1]["accuracy"])
+            report = recipes.run(split, recipe)[1]
+            accuracy[name].append(float("nan") if report["accuracy"] is None else report["accuracy"])  # diverged
     return Verification(recommendation.topology, accuracy, len(split.test), per_class, image_size, unfreeze,
                         [int(s) for s in seeds], steps)

@@ -22,9 +22,10 @@ Topologies (Chu et al.'s notation: F frozen, T fine-tuned, R re-initialised and 
 
 Speed: when a prefix of the network is frozen and nothing in it behaves differently while training
 (no augmentation, no dropout, BatchNorm in inference mode), the prefix's activations are computed once
-per image (and cached on disk, keyed like ``features.cache_key``) and only the rest of the network is
-trained on them, with the same initial weights and the same batches as the naive path. ``cache=False``
-(``--no-cache``) runs the naive path, for comparison.
+per image (and cached on disk by ``course_utils.cache``, keyed like ``features.cache_key``; a damaged file
+is deleted and recomputed) and only the rest of the network is trained on them, with the same initial
+weights and the same batches as the naive path. ``cache=False`` (``--no-cache``) runs the naive path, for
+comparison. A run whose loss or outputs become NaN or infinite is stored as ``diverged`` with no accuracy.
 """
 
 from __future__ import annotations

@@ -76,7 +76,7 @@ def fit_head_on_features(feats: np.ndarray, labels: np.ndarray, num_classes: int
         epochs, steps = 10, None
     history = training.fit_arrays(head, feats, labels, recipe.lr, epochs=epochs, steps=steps,
                                   batch_size=recipe.batch_size)
-    training.check_loss(history.history["loss"], num_classes, f"the new head's training loss at --lr {recipe.lr:g}")
+    training.check_finite(history.history["loss"], f"the new head's training loss at --lr {recipe.lr:g}")
     return head.get_layer(surgery.HEAD_NAME).get_weights()
 
 
@@ -133,8 +133,7 @@ def _train(model: keras.Model, base: keras.Model, split: Split, recipe: Recipe, 
                                  backbone_lr=recipe.backbone_lr if recipe.backbone_lr is not None else recipe.lr / 10,
                                  steps=recipe.steps, epochs=recipe.epochs, batch_size=recipe.batch_size,
                                  augment=recipe.augment, seed=recipe.seed, verbose=verbose)
-        training.check_loss(history.history["loss"], len(split.train.classes),
-                            f"the fine-tuning loss at --lr {recipe.lr:g}")
+        training.check_finite(history.history["loss"], f"the fine-tuning loss at --lr {recipe.lr:g}")
 
 
 # --------------------------------------------------------------------------------------------------

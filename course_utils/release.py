@@ -117,8 +117,9 @@ def execute(path: Path | str, timeout: int = 900, cwd: Path | str | None = None,
         return max(1.0, min(float(timeout), left))
 
     log = logging.getLogger("course_utils.grading.nbclient")  # its timeout message becomes our error row
-    log.addHandler(logging.NullHandler())
-    log.propagate = False
+    if not log.handlers:
+        log.addHandler(logging.NullHandler())
+        log.propagate = False
     client = NotebookClient(nb, timeout=timeout, timeout_func=cell_timeout, allow_errors=True,
                             kernel_name="python3", shutdown_kernel="immediate", log=log,
                             resources={"metadata": {"path": str(cwd or path.parent)}})
@@ -207,19 +208,10 @@ def grade(folder: Path | str, out_csv: Path | str | None = None, timeout: int = 
 
 
 def _write_csv(path: Path, rows: Iterable[dict]) -> None:
-    """Write the rows atomically (a temporary file, then ``os.replace``)."""
-    import os
-    import tempfile
+    """Write the rows atomically (``checks.atomic_file``): the file always holds complete rows."""
+    from course_utils.checks import atomic_file
 
-    rows = list(rows)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=CSV_FIELDS)
-            writer.writeheader()
-            writer.writerows(rows)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_file(path, encoding="utf-8", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=CSV_FIELDS)
+        writer.writeheader()
+        writer.writerows(rows)

@@ -154,19 +154,6 @@ def check_finite(values, what: str) -> None:
                             "lower the learning rate (e.g. 10x)")
 
 
-def check_loss(losses: Sequence[float], num_classes: int, what: str) -> None:
-    """:class:`DivergedError` when the per-epoch ``losses`` became non-finite, or exploded: ended above twice
-    the loss of a uniform guess (``2 ln N``, notebook ``03_learning_rate``'s definition) and above where they
-    started. ``recipes.run`` (``python -m course_utils train``) checks every run with it."""
-    check_finite(losses, what)
-    if not len(losses):
-        return
-    first, final, limit = float(losses[0]), float(losses[-1]), 2 * math.log(max(num_classes, 2))
-    if final > limit and final > first:
-        raise DivergedError(f"training diverged: {what} rose from {first:.3g} to {final:.3g}, worse than "
-                            f"guessing (2 ln {num_classes} = {limit:.2f}); lower the learning rate (e.g. 10x)")
-
-
 def diverged_report(classes: Sequence[str], n_test: int, reason: str) -> dict:
     """The report of a diverged run: ``diverged`` true and no accuracy (None, so it stays strict JSON)."""
     return {"diverged": True, "reason": str(reason), "accuracy": None, "per_class_accuracy": None,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -94,3 +95,194 @@ def test_logreg_probe_reaches_the_issue_target_on_all_flowers(flowers_dir, tmp_p
     report = json.loads(out.read_text())
     assert (report["n_train"], report["n_test"]) == (500, 200)
     assert report["accuracy"] >= 0.93, report["accuracy"]
+
+
+# ------------------------------------------------------------------------------------------ bad input (issue 13)
+
+
+def _error_line(code: int, err: str) -> str:
+    """The one ``error:`` line of a refused command (exit code 2, no traceback)."""
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("error: "), (code, err)
+    assert "Traceback" not in err
+    return lines[0]
+
+
+@pytest.fixture
+def tiny(image_tree):
+    """Two classes of small JPEGs in train/ and test/."""
+    return image_tree({"train/cat": 4, "train/dog": 4, "test/cat": 2, "test/dog": 2}, "tiny")
+
+
+@pytest.fixture
+def earlier(tmp_path):
+    """A file written by an earlier run, which a refused command must leave alone."""
+    path = tmp_path / "earlier.json"
+    path.write_text('{"accuracy": 0.9}')
+    return path
+
+
+TRAIN = ["train", "--size", "32", "--steps", "2"]
+
+
+@pytest.mark.parametrize("case, args, message", [
+    ("json in /proc", ["--json", "/proc/x.json", "--save", "{tmp}/ok/m.keras"], "--json /proc/x.json: cannot write in /proc"),
+    ("save under a file", ["--save", "{tmp}/earlier.json/m.keras"], "--save {tmp}/earlier.json/m.keras: {tmp}/earlier.json is a file"),
+    ("json is a folder", ["--json", "{tmp}"], "--json {tmp} is a folder; give a file name"),
+    ("save not .keras", ["--save", "{tmp}/m.h5"], "--save must end in .keras"),
+    ("lr nan", ["--lr", "nan"], "argument --lr: must be a finite number, 0 < --lr <= 10, got 'nan'"),
+    ("lr inf", ["--lr", "inf"], "argument --lr: must be a finite number, 0 < --lr <= 10, got 'inf'"),
+    ("lr 1e9", ["--lr", "1e9"], "argument --lr: must be a finite number, 0 < --lr <= 10, got '1e9'"),
+    ("unfreeze 100", ["--method", "finetune", "--unfreeze", "100"],
+     "--unfreeze must be between 1 and 18 for efficientnet_lite0 (its blocks: stem ... top), got 100"),
+    ("broken weights", ["--weights", "{tmp}/broken.keras"], "cannot load weights from {tmp}/broken.keras"),
+])
+def test_train_refuses_bad_input_before_any_work(case, args, message, tiny, tmp_path, earlier, capsys):
+    (tmp_path / "broken.keras").write_bytes(b"PK\x03\x04 truncated")
+    args = [a.format(tmp=tmp_path) for a in args]
+    code = cli.main([*TRAIN, "--data", str(tiny), *args])
+    out, err = capsys.readouterr()
+    assert message.format(tmp=tmp_path) in _error_line(code, err)
+    assert "test accuracy" not in out and not out.strip()  # refused before the data were even loaded
+    assert earlier.read_text() == '{"accuracy": 0.9}' and not (tmp_path / "ok" / "m.keras").exists()
+
+
+def test_one_image_per_class_says_how_many_each_class_needs(image_tree, capsys):
+    root = image_tree({"cat": 1, "dog": 2}, "one")
+    code = cli.main([*TRAIN, "--data", str(root)])
+    line = _error_line(code, capsys.readouterr().err)
+    assert "no test image for classes ['cat'] (cat has 1 readable)" in line
+    assert "Each class needs at least 2 readable images" in line
+
+
+def test_a_diverged_run_reports_no_accuracy_and_saves_no_model(tiny, tmp_path, capsys, monkeypatch):
+    """Fine-tuning whose loss becomes NaN (forced here: EfficientNet-Lite0's ReLU6 keeps it finite at the
+    largest --lr the command accepts) is reported as diverged, never as an accuracy."""
+    from course_utils import recipes
+
+    real_train = recipes.training.train
+
+    def nan_train(*args, **kwargs):
+        history = real_train(*args, **kwargs)
+        history.history["loss"][-1] = float("nan")
+        return history
+
+    monkeypatch.setattr(recipes.training, "train", nan_train)
+    out, saved = tmp_path / "r.json", tmp_path / "m.keras"
+    code = cli.main([*TRAIN, "--data", str(tiny), "--method", "finetune", "--lr", "10", "--json", str(out),
+                     "--save", str(saved)])
+    printed, err = capsys.readouterr()
+    assert "training diverged" in _error_line(code, err) and "no model was saved" in err
+    assert "test accuracy:" not in printed and "training diverged" in printed
+    report = json.loads(out.read_text(), parse_constant=lambda c: pytest.fail(f"non-strict JSON {c}"))
+    assert report["diverged"] is True and report["accuracy"] is None and report["n_test"] == 4
+    assert not saved.exists()
+
+
+def test_saved_model_predicts_with_its_own_class_names(tiny, tmp_path, capsys):
+    out, saved = tmp_path / "out" / "r.json", tmp_path / "out" / "m.keras"
+    assert cli.main([*TRAIN, "--data", str(tiny), "--method", "logreg", "--json", str(out), "--save", str(saved)]) == 0
+    printed = capsys.readouterr().out
+    assert printed.index("model saved to") < printed.index("results written to")  # the model first
+    photo = tiny / "test" / "cat" / "img00.jpg"
+    assert cli.main(["predict", "--model", str(saved), str(photo), "--top", "2"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == str(photo) and len(lines) == 3
+    assert {line.split()[-1] for line in lines[1:]} == {"cat", "dog"}
+
+
+def test_predict_reports_bad_files_and_goes_on(tmp_path, capsys, photos):
+    import struct
+    import zlib
+
+    from PIL import Image
+
+    good = tmp_path / "good.jpg"
+    Image.fromarray(photos["coffee"]).save(good)
+    text = tmp_path / "notes.jpg"
+    text.write_text("not an image")
+    bomb = tmp_path / "bomb.png"  # 8000 x 6000 zeros: 48 megapixels in 47 kB
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    rows = zlib.compress(bytes(8001) * 6000, 9)
+    bomb.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", 8000, 6000, 8, 0, 0, 0, 0))
+                     + chunk(b"IDAT", rows) + chunk(b"IEND", b""))
+    code = cli.main(["predict", str(text), str(bomb), str(good), "--top", "1", "--size", "64"])
+    out, err = capsys.readouterr()
+    assert code == 2 and "Traceback" not in err
+    errors = err.strip().splitlines()
+    assert errors[0].startswith(f"error: {text}: not an image PIL can read")
+    assert errors[1].startswith(f"error: {bomb}: ImageTooLargeError: 8000x6000 pixels is more than the 40 million")
+    assert out.splitlines()[0] == str(good) and len(out.splitlines()) == 2  # the next file was still done
+
+
+@pytest.mark.parametrize("args, message", [
+    (["predict", "x.jpg", "--top", "0"], "argument --top: must be a whole number, --top >= 1, got '0'"),
+    (["predict", "{tmp}/x.jpg", "--model", "{tmp}/broken.keras"], "cannot load the model {tmp}/broken.keras"),
+])
+def test_predict_bad_options_are_one_error_line(args, message, tmp_path, capsys, photos):
+    from PIL import Image
+
+    Image.fromarray(photos["coffee"]).save(tmp_path / "x.jpg")
+    (tmp_path / "broken.keras").write_bytes(b"PK\x03\x04 truncated")
+    code = cli.main([a.format(tmp=tmp_path) for a in args])
+    out, err = capsys.readouterr()
+    assert message.format(tmp=tmp_path) in _error_line(code, err) and not out
+
+
+NUMERIC_FLAGS = {  # command -> {flag: (low, high, whole number, low excluded)}
+    "train": {"--lr": (0, 10, False, True), "--backbone-lr": (0, 10, False, False), "--unfreeze": (1, None, True, False),
+              "--per-class": (1, None, True, False), "--test-per-class": (1, None, True, False),
+              "--size": (32, 1024, True, False), "--steps": (1, 10**6, True, False), "--epochs": (1, 10**4, True, False),
+              "--seed": (0, 2**32 - 1, True, False)},
+    "predict": {"--top": (1, None, True, False), "--size": (32, 1024, True, False)},
+    "grade": {"--timeout": (1, None, True, False), "--notebook-timeout": (1, None, False, False)},
+    "recommend": {"--per-class": (1, None, True, False), "--size": (32, 1024, True, False),
+                  "--sample-per-class": (1, None, True, False), "--seed": (0, 2**32 - 1, True, False),
+                  "--verify-size": (32, 1024, True, False), "--verify-seeds": (1, 100, True, False),
+                  "--verify-steps": (1, 10**6, True, False), "--test-per-class": (1, None, True, False)},
+    "demo": {"--per-class": (1, None, True, False)},
+}
+REQUIRED = {"train": ["--data", "d"], "predict": ["x.jpg"], "grade": ["folder"], "recommend": ["--data", "d"],
+            "demo": []}
+
+
+def _fuzz_values(rng) -> list[str]:
+    special = ["nan", "-nan", "NaN", "inf", "-inf", "Infinity", "1e309", "-0", "0", "1e-320", "2.5", "abc", ""]
+    finite = [f"{rng.uniform(-2000, 2000):.4g}", f"{10 ** rng.uniform(-6, 12):.3g}", str(int(rng.integers(-3, 40)))]
+    return [*rng.choice(special, 4, replace=False), *finite]
+
+
+def _in_range(text: str, low, high, whole: bool, low_open: bool) -> bool:
+    try:
+        value = float(text)
+    except ValueError:
+        return False
+    if not math.isfinite(value) or (whole and value != int(value)):
+        return False
+    return (value > low if low_open else value >= low) and (high is None or value <= high)
+
+
+def test_fuzz_numeric_flags_give_a_result_or_one_error_line(monkeypatch, capsys):
+    """Random finite and non-finite values of every numeric flag: the command runs (a stub here, so the
+    fuzz is quick) with a value in the flag's range, or stops with one ``error:`` line naming the flag;
+    never a traceback, never a bad value reaching the work."""
+    reached = []
+    for command in NUMERIC_FLAGS:
+        monkeypatch.setattr(cli, f"cmd_{command}", lambda args: reached.append(args) or 0)
+    rng = np.random.default_rng(13)
+    for command, flags in NUMERIC_FLAGS.items():
+        for flag, (low, high, whole, low_open) in flags.items():
+            for text in _fuzz_values(rng):
+                reached.clear()
+                code = cli.main([command, *REQUIRED[command], f"{flag}={text}"])
+                out, err = capsys.readouterr()
+                if _in_range(text, low, high, whole, low_open):
+                    assert code == 0 and len(reached) == 1, (command, flag, text, err)
+                    value = getattr(reached[0], flag.lstrip("-").replace("-", "_"))
+                    assert math.isfinite(value) and value == float(text)
+                else:
+                    line = _error_line(code, err)
+                    assert f"argument {flag}:" in line and not reached, (command, flag, text, line)

@@ -531,3 +531,26 @@ def test_make_batches_picks_tf_data_or_array_batches(small_arrays, monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", find_spec)
     fallback = D.make_batches(images, labels, None, batch_size=4)
     assert isinstance(fallback, D.ArrayBatches) and len(fallback) == 3
+
+
+# --------------------------------------------------------------------------------------------------
+# Bounded decoding and classes without a test image (issue 13)
+
+
+def test_images_over_the_pixel_limit_are_skipped_before_decoding(image_tree, monkeypatch):
+    root = image_tree({"a": 3, "b": 3})
+    Image.new("RGB", (300, 200)).save(root / "a" / "huge.png")  # "huge" for the lowered limit below
+    monkeypatch.setattr(D, "MAX_PIXELS", 20_000)  # the small photos have at most 17 120 pixels
+    assert D.MAX_PIXELS < Image.MAX_IMAGE_PIXELS
+    with pytest.warns(BadImageWarning, match=r"huge.png: ImageTooLargeError: 300x200 pixels is more than"):
+        split = load_dataset(str(root), image_size=16, test_fraction=0.34)
+    assert len(split.train) + len(split.test) == 6 and any("huge.png" in s for s in split.skipped)
+    image, reason = D.decode_or_reason(str(root / "a" / "huge.png"), 16)
+    assert image is None and reason.startswith("ImageTooLargeError")
+
+
+def test_a_class_without_a_test_image_stops_before_training(image_tree):
+    root = image_tree({"train/a": 2, "train/b": 2, "test/a": 1, "test/b": 0})
+    (root / "test" / "b" / "broken.jpg").write_bytes(b"not a jpeg")
+    with pytest.warns(BadImageWarning), pytest.raises(DatasetError, match=r"no readable test image for classes \['b'\]"):
+        load_dataset(str(root), image_size=16)

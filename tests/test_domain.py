@@ -207,7 +207,7 @@ def test_recommend_bad_data_is_one_clean_error(case, bad_specs, capsys):
     assert err.startswith("error: ") and "\n" not in err and "Traceback" not in err, err
 
 
-@pytest.mark.parametrize("args, message", [(["--per-class", "0"], "per_class"),
+@pytest.mark.parametrize("args, message", [(["--per-class", "0"], "argument --per-class"),
                                            (["--backbone", "no_such_net"], "unknown backbone"),
                                            (["--verify", "--verify-seeds", "0"], "verify-seeds")])
 def test_recommend_bad_options_are_one_clean_error(args, message, capsys):

@@ -90,3 +90,12 @@ def test_grade_refuses_a_csv_path_that_is_a_folder_before_running_anything(tmp_p
 
     assert cli.main(["grade", str(tmp_path), "--csv", str(tmp_path)]) == 2
     assert capsys.readouterr().err.strip().startswith(f"error: --csv {tmp_path} is a folder")
+
+
+def test_a_notebook_that_kills_its_kernel_gets_an_error_row(tmp_path):
+    folder = tmp_path / "submissions"
+    folder.mkdir()
+    _submission(folder, "dies.ipynb", ["import os\nos._exit(1)", "# CHECK\nassert True"])
+    (row,) = release.grade(folder, tmp_path / "g.csv", timeout=30, notebook_timeout=30)
+    assert row == {"notebook": "dies.ipynb", "passed": 0, "checks": 1, "score": "",
+                   "error": "the kernel died (the notebook crashed or exited Python)"}

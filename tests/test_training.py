@@ -140,3 +140,19 @@ def test_recipes_learn_flowers(flowers_dir, method):
     assert report["n_train"] == 50 and report["n_test"] == 50
     assert report["accuracy"] > 0.5, report
     assert model.outputs[0].shape[-1] == 5
+
+
+def test_non_finite_losses_or_outputs_are_a_divergence_not_an_accuracy(photos):
+    """Issue 13: a diverged run has no accuracy (``recipes.run`` and the sweep store report it as diverged)."""
+    training.check_finite([0.7, 0.5], "the loss")  # finite: nothing happens
+    with pytest.raises(training.DivergedError, match=r"the loss became nan \(at 2 of 3\); lower the learning rate"):
+        training.check_finite([0.7, float("nan"), 0.1], "the loss")
+    head = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, activation="softmax")])
+    head.layers[0].set_weights([np.full((3, 2), np.inf, "float32"), np.zeros(2, "float32")])
+    images = ImageSet(np.ones((2, 3)), np.array([0, 1]), ["a", "b"], ["x", "y"])
+    with pytest.raises(training.DivergedError, match="the model's outputs on the test images became nan"):
+        training.evaluate(head, images, None)
+    report = training.diverged_report(["a", "b"], 2, "why")
+    assert report["diverged"] is True and report["accuracy"] is None
+    with pytest.raises(ValueError, match="positive and finite"):
+        training.make_optimizer(head, float("nan"))
