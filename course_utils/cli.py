@@ -12,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
-from course_utils import checks
+from course_utils import checks, evaluation
 
 
 def _add_predict(sub) -> None:
@@ -124,7 +124,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(data.describe(split))
     model, report = recipes.run(split, recipe, verbose=1, base=base)
     report.update(data=args.data, seed=args.seed, per_class=args.per_class)
-    print(format_report(report))
+    print(evaluation.format_report(report))
     if save and not report.get("diverged"):
         recipes.save_model(model, save, split.train.classes, args.backbone)
         print(f"model saved to {save}")
@@ -136,27 +136,11 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
-def format_report(report: dict) -> str:
-    """Accuracy, per-class accuracy and the confusion matrix as text; a diverged run says so instead."""
-    if report.get("diverged"):
-        return f"{report['reason']} (so there is no test accuracy)"
-    classes = report["classes"]
-    width = max(len(c) for c in classes)
-    lines = [f"test accuracy: {report['accuracy']:.3f}  ({report['n_test']} test images, "
-             f"{report.get('n_train', '?')} train, {report.get('seconds', '?')} s)", "per-class accuracy:"]
-    lines += [f"  {c:<{width}}  {acc:.3f}" for c, acc in report["per_class_accuracy"].items()]
-    lines.append("confusion matrix (rows: true, columns: predicted):")
-    lines.append("  " + " " * width + "  " + " ".join(f"{c[:5]:>5}" for c in classes))
-    lines += [f"  {c:<{width}}  " + " ".join(f"{v:>5}" for v in row)
-              for c, row in zip(classes, report["confusion_matrix"])]
-    return "\n".join(lines)
-
-
 def _add_demo(sub) -> None:
     p = sub.add_parser("demo", help="offline tour: ImageNet predictions of bundled photos, then a short "
                                     "fine-tuning run with its test accuracy")
-    p.add_argument("--data", default=None, help="dataset spec (default: COURSE_DATA, ../shared/data/flowers, "
-                                                "else sklearn:digits)")
+    p.add_argument("--data", default=None, help="dataset spec (default: COURSE_DATA, else tfds:tf_flowers "
+                                                "online, else sample:eurosat)")
     p.add_argument("--method", default="logreg", choices=["svm", "logreg", "head", "finetune"])
     p.add_argument("--per-class", type=checks.number("--per-class", 1, integer=True), default=30,
                    help="training images per class")
@@ -180,7 +164,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     split = data.load_dataset(spec, image_size=160, per_class=args.per_class, test_per_class=20, seed=0)
     print(f"\nTraining a new head ({args.method}) on {data.describe(split)}")
     _, report = recipes.run(split, recipes.Recipe(method=args.method))
-    print(format_report(report))
+    print(evaluation.format_report(report))
     return 0
 
 

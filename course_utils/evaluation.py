@@ -56,3 +56,19 @@ def predict(model: keras.Model, x: np.ndarray, preprocess: Preprocess | None = N
     """
     outputs = predict_all(model, x, preprocess, batch_size)
     return outputs if len(outputs) > 1 else outputs[0]
+
+
+def format_report(report: dict) -> str:
+    """Accuracy, per-class accuracy and the confusion matrix as text; a diverged run says so instead."""
+    if report.get("diverged"):
+        return f"{report['reason']} (so there is no test accuracy)"
+    classes = report["classes"]
+    width = max(len(c) for c in classes)
+    lines = [f"test accuracy: {report['accuracy']:.3f}  ({report['n_test']} test images, "
+             f"{report.get('n_train', '?')} train, {report.get('seconds', '?')} s)", "per-class accuracy:"]
+    lines += [f"  {c:<{width}}  {acc:.3f}" for c, acc in report["per_class_accuracy"].items()]
+    lines.append("confusion matrix (rows: true, columns: predicted):")
+    lines.append("  " + " " * width + "  " + " ".join(f"{c[:5]:>5}" for c in classes))
+    lines += [f"  {c:<{width}}  " + " ".join(f"{v:>5}" for v in row)
+              for c, row in zip(classes, report["confusion_matrix"])]
+    return "\n".join(lines)

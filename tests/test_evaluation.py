@@ -58,3 +58,23 @@ def test_many_new_models_trace_nothing(caplog):
             model = keras.Sequential([keras.Input((4, 4, 3)), keras.layers.Flatten(), keras.layers.Dense(units)])
             assert evaluation.predict(model, x, batch_size=2).shape == (3, units)
     assert "retracing" not in caplog.text
+
+
+def test_format_report_prints_accuracy_per_class_and_confusion_matrix():
+    report = {"classes": ["cat", "dog"], "accuracy": 0.75, "n_test": 4, "n_train": 8, "seconds": 1.5,
+              "per_class_accuracy": {"cat": 1.0, "dog": 0.5}, "confusion_matrix": [[2, 0], [1, 1]]}
+    assert evaluation.format_report(report).splitlines() == [
+        "test accuracy: 0.750  (4 test images, 8 train, 1.5 s)",
+        "per-class accuracy:",
+        "  cat  1.000",
+        "  dog  0.500",
+        "confusion matrix (rows: true, columns: predicted):",
+        "         cat   dog",
+        "  cat      2     0",
+        "  dog      1     1",
+    ]
+
+
+def test_format_report_of_a_diverged_run_has_no_accuracy():
+    text = evaluation.format_report({"diverged": True, "reason": "the loss became nan"})
+    assert text == "the loss became nan (so there is no test accuracy)"
