@@ -554,3 +554,39 @@ def test_a_class_without_a_test_image_stops_before_training(image_tree):
     (root / "test" / "b" / "broken.jpg").write_bytes(b"not a jpeg")
     with pytest.warns(BadImageWarning), pytest.raises(DatasetError, match=r"no readable test image for classes \['b'\]"):
         load_dataset(str(root), image_size=16)
+
+
+def test_first_tfds_download_says_its_size_first_then_samples_with_a_fixed_seed(monkeypatch, photos, capsys,
+                                                                                   tmp_path):
+    """Quick mode online: tf_flowers (train split only) is downloaded once, after one line saying how big it
+    is, then sampled per class with the seed: the same images every time."""
+    tfds = pytest.importorskip("tensorflow_datasets")
+    monkeypatch.setenv("COURSE_DATA_DIR", str(tmp_path / "tfds"))
+    builder = _FakeBuilder({"train": _jpeg_blobs(photos, 24)}, prepared=False)
+    events = []
+
+    def download_and_prepare():
+        events.append(("download", capsys.readouterr().out))
+        builder.prepared = True
+
+    builder.download_and_prepare = download_and_prepare
+    monkeypatch.setattr(tfds, "builder", lambda name, data_dir=None: builder)
+    first = load_dataset("tfds:tf_flowers", image_size=16, per_class=4, test_per_class=2, seed=3)
+    assert events == [("download", f"tfds:tf_flowers: downloading 218 MiB once into {tmp_path / 'tfds'}; "
+                                   "later runs read it from there.\n")]
+    second = load_dataset("tfds:tf_flowers", image_size=16, per_class=4, test_per_class=2, seed=3)
+    assert len(events) == 1 and capsys.readouterr().out == "", "a prepared dataset is not downloaded again"
+    assert np.bincount(first.train.labels).tolist() == [4, 4] and np.bincount(first.test.labels).tolist() == [2, 2]
+    assert first.train.ids == second.train.ids and first.test.ids == second.test.ids
+    assert not set(first.train.ids) & set(first.test.ids)
+    other = load_dataset("tfds:tf_flowers", image_size=16, per_class=4, test_per_class=2, seed=4)
+    assert other.train.ids != first.train.ids
+
+
+def test_sample_eurosat_ships_with_the_package_and_needs_nothing_else(no_network):
+    split = load_dataset("sample:eurosat", image_size=32)
+    assert split.train.classes == ["AnnualCrop", "Forest", "Residential", "River", "SeaLake"]
+    assert np.bincount(split.train.labels).tolist() == [40] * 5 and np.bincount(split.test.labels).tolist() == [20] * 5
+    assert split.train.images.shape == (200, 32, 32, 3) and split.skipped == []
+    assert (D.sample_dir("eurosat") / "LICENSE").read_text().startswith("MIT License")
+    assert no_network == []
