@@ -99,7 +99,7 @@ def _choose_data(quick: bool, full_default: str, online: bool | None = None) -> 
         return ONLINE_SPEC, ("online: tf_flowers from TensorFlow Datasets, downloaded once into the cache and "
                              "sampled with a fixed seed; set COURSE_DATA to change it")
     return OFFLINE_SPEC, ("offline and no COURSE_DATA: real EuroSAT satellite photos that ship with the course "
-                          "(MIT licence; far from ImageNet, so numbers differ from the flowers run shown)")
+                          "(MIT licence; satellite views, unlike ImageNet's photos, so numbers differ from the flowers run shown)")
 
 
 def get_settings(full_default: str = FULL_DEFAULT_SPEC, quick_image_size: int = 160,
