@@ -180,6 +180,22 @@ def output_path(path: str | os.PathLike, flag: str, suffix: str | None = None, e
     return path
 
 
+def output_dir(path: str | os.PathLike, what: str) -> Path:
+    """Make the folder ``path`` (``what`` names it in messages, e.g. "the site folder") and check that it can be
+    written, before any work (``release``, ``site``)."""
+    out = Path(path).expanduser().resolve()
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"{what} {out} is a file; give a folder")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out, prefix=".write-test-"):
+            pass
+    except OSError as err:
+        raise UsageError(f"cannot write {what} {out} ({err.strerror or err}); choose a folder you can write to") \
+            from None
+    return out
+
+
 # --------------------------------------------------------------------------------------------------
 # Strict JSON (no NaN / Infinity): reports (train --json) and the results store
 

@@ -180,7 +180,8 @@ def cmd_release(args: argparse.Namespace) -> int:
     from course_utils import release
     from course_utils.settings import REPO_ROOT
 
-    written = release.release(args.src or REPO_ROOT / "notebooks", args.out_dir)
+    out_dir = checks.output_dir(args.out_dir, "the release folder")
+    written = release.release(args.src or REPO_ROOT / "notebooks", out_dir)
     print(f"wrote {len(written)} student notebooks to {args.out_dir}")
     return 0
 

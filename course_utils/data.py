@@ -598,6 +598,8 @@ def _tfds_source(name: str, image_size: int) -> _Source:
 
 
 def _open_source(spec: str, image_size: int) -> _Source:
+    if not spec.strip():
+        raise DatasetError(f"the dataset spec is empty; {SPEC_HELP}")
     if spec.startswith("tfds:"):
         return _tfds_source(spec[len("tfds:") :].strip(), image_size)
     if spec.startswith("sample:"):

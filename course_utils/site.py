@@ -28,7 +28,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from course_utils import colab, settings
+from course_utils import checks, colab, settings
 
 TITLE = "Fine-tuning CNNs for image classification"
 EXTRA_HINT = 'the site needs the optional extra: pip install -e ".[site]"'
@@ -54,20 +54,6 @@ def check_extra() -> None:
             importlib.import_module(name)  # optional dependency: only the site needs it
         except ImportError:
             raise MissingExtraError(EXTRA_HINT) from None
-
-
-def check_out_dir(out_dir: str | os.PathLike) -> Path:
-    """The output folder, created if needed; ValueError when it is a file or cannot be written."""
-    out = Path(out_dir).expanduser().resolve()
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"{out} is a file; give a folder for the site")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise ValueError(f"cannot create the site folder {out}: {err.strerror or err}") from None
-    if not os.access(out, os.W_OK | os.X_OK):
-        raise ValueError(f"the site folder {out} is not writable")
-    return out
 
 
 def notebook_paths(root: Path = settings.REPO_ROOT) -> list[Path]:
@@ -196,7 +182,7 @@ def build_site(out_dir: str | os.PathLike, root: Path = settings.REPO_ROOT, quie
     RuntimeError when Sphinx fails (its messages are on stderr).
     """
     check_extra()
-    out = check_out_dir(out_dir)
+    out = checks.output_dir(out_dir, "the site folder")
     with tempfile.TemporaryDirectory(prefix="course-site-") as tmp:
         stage = Path(tmp) / "src"
         stage.mkdir()

@@ -89,3 +89,16 @@ def test_strict_json_has_no_nan_and_is_written_atomically(tmp_path):
     assert json.loads(text, parse_constant=lambda c: pytest.fail(f"non-strict JSON constant {c}")) == {
         "accuracy": None, "loss": [1.0, None], "n": 3, "x": 0.5}
     assert [p.name for p in tmp_path.iterdir()] == ["r.json"]
+
+
+def test_output_dir_is_made_and_checked_before_any_work(tmp_path):
+    a_file = tmp_path / "site.html"
+    a_file.write_text("not a folder")
+    with pytest.raises(checks.UsageError, match=r"the site folder .*site.html is a file; give a folder"):
+        checks.output_dir(a_file, "the site folder")
+    with pytest.raises(checks.UsageError, match="cannot write the release folder .*choose a folder you can write"):
+        checks.output_dir(a_file / "out", "the release folder")
+    with pytest.raises(checks.UsageError, match="cannot write the release folder /proc/x"):
+        checks.output_dir("/proc/x", "the release folder")
+    made = checks.output_dir(tmp_path / "new" / "out", "the site folder")
+    assert made.is_dir() and list(made.iterdir()) == []

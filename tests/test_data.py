@@ -303,7 +303,9 @@ def test_class_with_only_unreadable_files(image_tree):
     "spec, advice",
     [
         ("no/such/folder", ["no such folder 'no/such/folder'", "tfds:NAME, sample:eurosat or sklearn:digits"]),
-            ("sample:mnist", ["unknown sample 'sample:mnist'", "sample:eurosat"]),
+        ("sample:mnist", ["unknown sample 'sample:mnist'", "sample:eurosat"]),
+        ("", ["the dataset spec is empty", "sample:eurosat"]),
+        ("  ", ["the dataset spec is empty"]),
         ("sklearn:iris", ["only sklearn dataset is sklearn:digits"]),
     ],
 )

@@ -44,16 +44,6 @@ def test_without_the_extra_the_command_prints_one_line(monkeypatch, tmp_path, ca
     assert captured.out == "" and not out.exists()
 
 
-def test_a_bad_out_dir_is_a_clear_error(tmp_path):
-    a_file = tmp_path / "site.html"
-    a_file.write_text("not a folder")
-    with pytest.raises(ValueError, match="is a file"):
-        site.check_out_dir(a_file)
-    with pytest.raises(ValueError, match="cannot create the site folder"):
-        site.check_out_dir(a_file / "out")
-    assert site.check_out_dir(tmp_path / "new" / "out").is_dir()
-
-
 def test_landing_page_is_the_readme_introduction():
     readme = (settings.REPO_ROOT / "README.md").read_text()
     page = site.index_page(readme, [f"notebooks/{n}.ipynb" for n in NOTEBOOKS])
