@@ -7,8 +7,8 @@ numbers from the shell as from a notebook.
 from __future__ import annotations
 
 import argparse
-import os
 import sys
+import warnings
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -336,15 +336,21 @@ def _expected(err: BaseException) -> bool:
     return loaded is not None and isinstance(err, loaded.WeightsUnavailableError)
 
 
+def _warning_line(message, category, filename, lineno, file=None, line=None) -> None:
+    """A warning as one ``warning:`` line (a terminal user needs the message, not our source line)."""
+    print(f"warning: {message}", file=file or sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse ``argv`` and run the command. Every expected error (see ``_expected``) becomes one ``error:``
-    line naming the flag or the file, and exit code 2; a traceback means a bug."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's start-up chatter off the terminal
-    try:
-        args = build_parser().parse_args(argv)
-        return args.func(args)
-    except Exception as err:  # noqa: BLE001 - sorted by _expected; anything else is re-raised
-        if not _expected(err):
-            raise
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    line naming the flag or the file, and exit code 2; a traceback means a bug. Warnings are one line each."""
+    with warnings.catch_warnings():
+        warnings.showwarning = _warning_line
+        try:
+            args = build_parser().parse_args(argv)
+            return args.func(args)
+        except Exception as err:  # noqa: BLE001 - sorted by _expected; anything else is re-raised
+            if not _expected(err):
+                raise
+            print(f"error: {err}", file=sys.stderr)
+            return 2

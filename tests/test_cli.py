@@ -286,3 +286,17 @@ def test_fuzz_numeric_flags_give_a_result_or_one_error_line(monkeypatch, capsys)
                 else:
                     line = _error_line(code, err)
                     assert f"argument {flag}:" in line and not reached, (command, flag, text, line)
+
+
+def test_warnings_are_one_line_each(capsys, monkeypatch):
+    import warnings as w
+
+    def command(args):
+        w.warn("per_class=9, but 1 class has fewer images", UserWarning)
+        return 0
+
+    parser = cli.build_parser()
+    monkeypatch.setattr(cli, "build_parser", lambda: parser)
+    monkeypatch.setattr(parser, "parse_args", lambda argv: type("A", (), {"func": staticmethod(command)})())
+    assert cli.main(["demo"]) == 0
+    assert capsys.readouterr().err == "warning: per_class=9, but 1 class has fewer images\n"
