@@ -147,10 +147,3 @@ def lite0_64():
     from course_utils.backbones import load_backbone
 
     return load_backbone("efficientnet_lite0", input_size=64)
-
-
-def pytest_collection_modifyitems(config, items):
-    """Executing a notebook (an nbval cell) is slow: `pytest` skips them, `pytest -m slow` runs them."""
-    for item in items:
-        if type(item).__name__ == "IPyNbCell":
-            item.add_marker(pytest.mark.slow)
