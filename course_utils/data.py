@@ -35,7 +35,7 @@ from typing import Any, Callable, Sequence, Union
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from course_utils.settings import progress_bar
+from course_utils.settings import progress_bar, tfds_data_dir
 
 # ArrayBatches is created on first access (module __getattr__) because it subclasses a Keras class;
 # it is left out of __all__ so that a star import stays cheap.
@@ -58,7 +58,6 @@ __all__ = [
     "tfds_data_dir",
 ]
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 IMAGE_EXTENSIONS = frozenset(
     {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"}
 )
@@ -490,11 +489,6 @@ def _digits_source(image_size: int) -> _Source:
 
 # --------------------------------------------------------------------------------------------------
 # TensorFlow Datasets (imported lazily)
-
-
-def tfds_data_dir() -> Path:
-    """Where tfds: datasets are stored: $COURSE_DATA_DIR, else <repo>/data/tfds (notebook 00_setup)."""
-    return Path(os.environ.get("COURSE_DATA_DIR") or REPO_ROOT / "data" / "tfds").expanduser()
 
 
 def _import_tfds() -> Any:

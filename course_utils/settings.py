@@ -40,6 +40,11 @@ def is_quick() -> bool:
     return os.environ.get("COURSE_QUICK", "1").strip().lower() not in {"0", "false", "no", "off"}
 
 
+def tfds_data_dir() -> Path:
+    """Where ``tfds:`` datasets are downloaded: ``COURSE_DATA_DIR``, else ``<repo>/data/tfds`` (notebook 00_setup)."""
+    return Path(os.environ.get("COURSE_DATA_DIR") or REPO_ROOT / "data" / "tfds").expanduser()
+
+
 def progress_enabled() -> bool:
     """False when ``COURSE_PROGRESS`` is 0/false/no/off (the committed notebooks are executed that way)."""
     return os.environ.get("COURSE_PROGRESS", "1").strip().lower() not in {"0", "false", "no", "off"}
@@ -205,8 +210,6 @@ def environment_report(check_online: bool = True, timeout: float = 1.0) -> dict:
     from course_utils.quiet import keras  # lazy: importing this module must not load TensorFlow
 
     from course_utils import backbones
-    from course_utils.data import tfds_data_dir
-
     quick = is_quick()
     online = is_online(timeout) if check_online else None
     spec, note = _choose_data(quick, FULL_DEFAULT_SPEC, online)
