@@ -152,6 +152,16 @@ def as_name(value: Any, key: str, where: str) -> str:
 # Output paths: checked (and their folders made) before any data is loaded
 
 
+def _make_writable_folder(folder: Path, problem: str) -> None:
+    """Make ``folder`` (and its parents) and write a throw-away file in it; UsageError starting ``problem``."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
+            pass
+    except OSError as err:
+        raise UsageError(f"{problem} ({err.strerror or err}); choose a folder you can write to") from None
+
+
 def output_path(path: str | os.PathLike, flag: str, suffix: str | None = None, example: str = "out.json") -> Path:
     """Make ``path``'s parent folders and check that ``path`` can be written, before any work.
 
@@ -168,13 +178,7 @@ def output_path(path: str | os.PathLike, flag: str, suffix: str | None = None, e
     for folder in (parent, *parent.parents):
         if folder.exists() and not folder.is_dir():
             raise UsageError(f"{flag} {path}: {folder} is a file, not a folder; choose another path")
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=parent, prefix=".write-test-"):
-            pass
-    except OSError as err:
-        raise UsageError(f"{flag} {path}: cannot write in {parent} ({err.strerror or err}); "
-                         "choose a folder you can write to") from None
+    _make_writable_folder(parent, f"{flag} {path}: cannot write in {parent}")
     if path.exists() and not os.access(path, os.W_OK):
         raise UsageError(f"{flag} {path}: the file exists and is read-only; choose another path")
     return path
@@ -186,13 +190,7 @@ def output_dir(path: str | os.PathLike, what: str) -> Path:
     out = Path(path).expanduser().resolve()
     if out.exists() and not out.is_dir():
         raise UsageError(f"{what} {out} is a file; give a folder")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=out, prefix=".write-test-"):
-            pass
-    except OSError as err:
-        raise UsageError(f"cannot write {what} {out} ({err.strerror or err}); choose a folder you can write to") \
-            from None
+    _make_writable_folder(out, f"cannot write {what} {out}")
     return out
 
 
