@@ -43,7 +43,7 @@ from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from course_utils import evaluation, settings
+from course_utils import checks, evaluation, settings
 
 CONFIG_KEYS = {
     "name": "a short name; the default results file is <cache>/results/<name>.jsonl",
@@ -117,8 +117,6 @@ class Topology:
 def parse_topology(item: str | Mapping[str, Any], where: str = "<dict>") -> Topology:
     """A topology from a name (``"frozen_head"``) or a mapping (``{kind: finetune_last, blocks: 2}``);
     ``where`` (the config file) is named in error messages."""
-    from course_utils import checks
-
     if not isinstance(item, (str, Mapping)):
         raise checks.UsageError(f"{where}: a topology is a name or a mapping with kind/blocks/units/C/name, "
                                 f"got {item!r}")
@@ -165,15 +163,11 @@ class SweepConfig:
 
 
 def _positive_int(value: Any, key: str, where: str) -> int:
-    from course_utils import checks
-
     return checks.as_int(value, key, where, low=1)
 
 
 def _axis_value(axis: str, value: Any, key: str, where: str) -> Any:
     """One value of a grid axis, typed and range-checked (the key and the file named when it is not)."""
-    from course_utils import checks
-
     if axis == "per_class":
         return checks.as_int(value, key, where, low=1, allow_none=True)
     if axis == "steps":
@@ -186,8 +180,6 @@ def _axis_value(axis: str, value: Any, key: str, where: str) -> Any:
 
 
 def _grid(raw: Mapping[str, Any], base: Mapping[str, list], where: str) -> dict[str, list]:
-    from course_utils import checks
-
     if not isinstance(raw, Mapping):
         raise checks.UsageError(f"{where}: an experiment is a mapping of grid axes ({', '.join(AXES)}), got {raw!r}")
     unknown = set(raw) - set(AXES)
@@ -204,8 +196,6 @@ def _grid(raw: Mapping[str, Any], base: Mapping[str, list], where: str) -> dict[
 
 def _parse_text(text: str, path: Path) -> Any:
     """YAML or JSON text; a syntax error names the file, the line and the column."""
-    from course_utils import checks
-
     if path.suffix == ".json":
         try:
             return json.loads(text)
@@ -225,8 +215,6 @@ def _parse_text(text: str, path: Path) -> Any:
 
 
 def _read_raw(source: str | os.PathLike | Mapping[str, Any]) -> tuple[dict, str]:
-    from course_utils import checks
-
     if isinstance(source, Mapping):
         return dict(source), "<dict>"
     path = Path(source)
@@ -261,8 +249,6 @@ def load_config(source: str | os.PathLike | Mapping[str, Any], data: str | None 
 
 def _settings(cfg: Mapping[str, Any], data: str | None, where: str) -> dict[str, Any]:
     """The config's non-grid values, typed and range-checked (``checks``; the key and file named)."""
-    from course_utils import checks
-
     low, high = checks.IMAGE_SIZE
     return dict(
         name=checks.as_name(cfg["name"], "name", where),
@@ -432,10 +418,8 @@ class ResultStore:
 
     def append(self, row: Mapping[str, Any]) -> None:
         """Write one complete line atomically (single write on an O_APPEND descriptor, then fsync)."""
-        from course_utils.checks import strict_json
-
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        line = (json.dumps(strict_json(row), sort_keys=True, allow_nan=False) + "\n").encode()  # strict JSON
+        line = (json.dumps(checks.strict_json(row), sort_keys=True, allow_nan=False) + "\n").encode()  # strict JSON
         fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         try:
             written = os.write(fd, line)
@@ -469,10 +453,7 @@ def load_results(path: str | os.PathLike) -> list[dict]:
 
 def default_results_path(config: SweepConfig) -> Path:
     """``<cache>/results/<config name>.jsonl`` (``settings.cache_dir``); the name must be a plain name."""
-    from course_utils.checks import as_name
-    from course_utils.settings import cache_dir
-
-    return cache_dir("results") / f"{as_name(config.name, 'name', config.source or '<config>')}.jsonl"
+    return settings.cache_dir("results") / f"{checks.as_name(config.name, 'name', config.source or '<config>')}.jsonl"
 
 
 # --------------------------------------------------------------------------------------------------

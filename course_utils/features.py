@@ -16,8 +16,8 @@ import numpy as np
 
 from course_utils import backbones, evaluation
 from course_utils import cache as array_cache
-from course_utils.quiet import keras
 from course_utils.data import ImageSet
+from course_utils.quiet import keras
 from course_utils.settings import cache_dir
 
 

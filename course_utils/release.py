@@ -21,6 +21,8 @@ import re
 from pathlib import Path
 from typing import Callable, Iterable
 
+from course_utils import checks
+
 BEGIN = "### BEGIN SOLUTION"
 END = "### END SOLUTION"
 CHECK = "# CHECK"
@@ -209,9 +211,7 @@ def grade(folder: Path | str, out_csv: Path | str | None = None, timeout: int = 
 
 def _write_csv(path: Path, rows: Iterable[dict]) -> None:
     """Write the rows atomically (``checks.atomic_file``): the file always holds complete rows."""
-    from course_utils.checks import atomic_file
-
-    with atomic_file(path, encoding="utf-8", newline="") as fh:
+    with checks.atomic_file(path, encoding="utf-8", newline="") as fh:
         writer = csv.DictWriter(fh, fieldnames=CSV_FIELDS)
         writer.writeheader()
         writer.writerows(rows)
