@@ -1,5 +1,5 @@
 """A verified on-disk array cache: bottleneck features (``features.extract_features``, notebook
-``05_bottleneck_features``) and a sweep's frozen-prefix activations (``experiments.Engine``, notebook
+``05_bottleneck_features``) and every frozen-prefix activation (``activations.ActivationCache``, notebook
 ``07_experiments``, ``python -m course_utils sweep``).
 
 Each entry is one ``.npz`` file holding the array and a key: what it was computed from (the caller's

@@ -7,6 +7,7 @@ numbers from the shell as from a notebook.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import warnings
 from pathlib import Path
@@ -26,21 +27,24 @@ def _add_predict(sub) -> None:
                    help="how many classes to print per image (at least 1)")
     p.add_argument("--size", type=checks.number("--size", *checks.IMAGE_SIZE, integer=True), default=224,
                    help="input size in pixels, 32-1024 (with --model: the model's own)")
+    p.add_argument("--json", type=Path, default=None, help="also write every class's probability per image here")
     p.set_defaults(func=cmd_predict)
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    """Print the top-K classes with probabilities for each image; a file that cannot be read gets one
-    ``error:`` line and the next one is processed (exit code 2 when any failed)."""
+    """Print the top-K classes with probabilities for each image (``recipes.predict_probabilities``); a file
+    that cannot be read gets one ``error:`` line and the next one is processed (exit code 2 when any failed).
+    ``--json`` also writes every class's probability per image."""
     import numpy as np
 
-    from course_utils import backbones, evaluation, recipes
-    from course_utils.data import decode_or_reason
+    from course_utils import backbones, recipes
+    from course_utils.images import decode_or_reason
 
     missing = [p for p in args.images if not Path(p).is_file()]
     if missing:
         raise FileNotFoundError(f"no such image file: {', '.join(missing)}. Check the path(s); "
                                 "any JPEG, PNG, BMP, GIF or WebP photo works.")
+    out = checks.output_path(args.json, "--json") if args.json is not None else None
     if args.model is not None:
         model, info = recipes.load_model(args.model)
         size, backbone = int(model.input_shape[1] or args.size), info.get("backbone", args.backbone)
@@ -48,17 +52,20 @@ def cmd_predict(args: argparse.Namespace) -> int:
     else:
         model = backbones.load_backbone(args.backbone, weights=args.weights, input_size=args.size)
         size, backbone, classes = args.size, args.backbone, backbones.imagenet_classes()
-    preprocess, failed = backbones.get_preprocess(backbone), 0
+    results, failed = [], 0
     for path in args.images:
         image, reason = decode_or_reason(path, size)
         if image is None:
             print(f"error: {path}: {reason}; skipped", file=sys.stderr, flush=True)
             failed += 1
             continue
-        probs = np.asarray(evaluation.predict(model, image[None], preprocess))[0]
+        probs = recipes.predict_probabilities(model, image[None], backbone)[0]
+        results.append({"image": str(path), "probabilities": [float(p) for p in probs]})
         print(path)
         for i in np.argsort(-probs)[:args.top]:
             print(f"  {probs[i]:6.1%}  {classes[i]}")
+    if out:
+        checks.write_json(out, {"classes": classes, "predictions": results})
     return 2 if failed else 0
 
 
@@ -98,7 +105,10 @@ def _add_train(sub) -> None:
     p.add_argument("--augment", action="store_true", help="random flips and crops while fine-tuning")
     p.add_argument("--seed", type=checks.number("--seed", 0, checks.SEED_MAX, integer=True), default=0)
     p.add_argument("--json", type=Path, default=None, help="write the results here")
-    p.add_argument("--save", type=Path, default=None, help="save the trained model (.keras)")
+    p.add_argument("--save", type=Path, default=None,
+                   help="save the trained model (.keras): it takes raw images and loads without course_utils")
+    p.add_argument("--export", type=Path, default=None, help="also export it as a TensorFlow SavedModel folder, "
+                                                             "for serving (model.export())")
     p.set_defaults(func=cmd_train)
 
 
@@ -113,6 +123,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     from course_utils import backbones, data, recipes
 
     save = checks.output_path(args.save, "--save", ".keras", "model.keras") if args.save is not None else None
+    export = checks.output_dir(args.export, "--export") if args.export is not None else None
     out = checks.output_path(args.json, "--json") if args.json is not None else None
     recipe = recipes.Recipe(method=args.method, backbone=args.backbone, weights=args.weights, lr=args.lr,
                             backbone_lr=args.backbone_lr, steps=args.steps, epochs=args.epochs,
@@ -128,11 +139,14 @@ def cmd_train(args: argparse.Namespace) -> int:
     if save and not report.get("diverged"):
         recipes.save_model(model, save, split.train.classes, args.backbone)
         print(f"model saved to {save}")
+    if export and not report.get("diverged"):
+        recipes.export_saved_model(model, export, split.train.classes, args.backbone)
+        print(f"SavedModel exported to {export}")
     if out:
         checks.write_json(out, report)
         print(f"results written to {out}")
     if report.get("diverged"):
-        raise ValueError(report["reason"] + ("; no model was saved" if save else ""))
+        raise ValueError(report["reason"] + ("; no model was saved" if save or export else ""))
     return 0
 
 
@@ -152,13 +166,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
     import numpy as np
     import skimage.data
 
-    from course_utils import backbones, data, recipes, settings
+    from course_utils import backbones, data, images, recipes, settings
 
     model = backbones.load_backbone("efficientnet_lite0")
     print("ImageNet predictions of photos that ship with scikit-image (EfficientNet-Lite0, offline weights):")
     for name in ("chelsea", "coffee", "rocket"):
-        image = backbones.to_model_input(getattr(skimage.data, name)(), 224)
-        top = backbones.predict_top_k(model, "efficientnet_lite0", np.stack([image]), k=3)[0]
+        image = images.to_model_input(getattr(skimage.data, name)(), 224)
+        probs = evaluation.predict(model, image[None], backbones.get_preprocess("efficientnet_lite0"))
+        top = backbones.imagenet_top_k(probs, k=3)[0]
         print(f"  {name:8s} " + ", ".join(f"{label} {prob:.0%}" for label, prob in top))
     spec = args.data or settings.get_settings().data
     split = data.load_dataset(spec, image_size=160, per_class=args.per_class, test_per_class=20, seed=0)
@@ -190,6 +205,9 @@ def _add_grade(sub) -> None:
     p = sub.add_parser("grade", help="execute a folder of submitted notebooks and count passing checks "
                                      "(WARNING: runs the students' code)")
     p.add_argument("folder", type=Path, help="folder of submitted .ipynb files")
+    p.add_argument("--source", type=Path, default=None,
+                   help="the instructor's notebooks whose check cells are run (a folder, or one notebook every "
+                        "submission answers; default: the course's notebooks/)")
     p.add_argument("--csv", type=Path, default=None, help="write one row per notebook here")
     p.add_argument("--timeout", type=checks.number("--timeout", 1, integer=True), default=900,
                    help="seconds per cell")
@@ -199,12 +217,14 @@ def _add_grade(sub) -> None:
 
 
 def cmd_grade(args: argparse.Namespace) -> int:
-    """Grade every notebook in a folder, each in its own temporary copy; one line per notebook as it ends.
+    """Grade every notebook in a folder, each in its own temporary copy and with the instructor's check
+    cells put back (``release.grade``); one line per notebook as it ends.
 
     A notebook that cannot be read, times out or kills its kernel gets an error row and the batch goes on;
     the CSV is rewritten after each notebook.
     """
     from course_utils import release
+    from course_utils.settings import REPO_ROOT
 
     out = checks.output_path(args.csv, "--csv", example="grades.csv") if args.csv is not None else None
     print(release.GRADING_WARNING, file=sys.stderr, flush=True)
@@ -212,12 +232,14 @@ def cmd_grade(args: argparse.Namespace) -> int:
     def show(row: dict) -> None:
         counts = f"{row['passed']}/{row['checks']} checks pass"
         if not row["error"]:
-            print(f"{row['notebook']}: {counts}", flush=True)
+            tampered = f" (failed: {row['tampered']})" if row["tampered"] else ""
+            print(f"{row['notebook']}: {counts}{tampered}", flush=True)
         else:
             before = f" ({counts.replace('pass', 'passed')} before that)" if row["checks"] else ""
             print(f"{row['notebook']}: ERROR {row['error']}{before}", flush=True)
 
-    release.grade(args.folder, out, timeout=args.timeout, notebook_timeout=args.notebook_timeout, on_row=show)
+    release.grade(args.folder, args.source or REPO_ROOT / "notebooks", out, timeout=args.timeout,
+                  notebook_timeout=args.notebook_timeout, on_row=show)
     if out:
         print(f"grades written to {out}")
     return 0
@@ -229,18 +251,41 @@ def _add_sweep(sub) -> None:
     p.add_argument("--data", default=None, help="dataset spec overriding the config's (folder, tfds:NAME, sklearn:digits)")
     p.add_argument("--out", type=Path, default=None, help="results file, JSONL (default: <cache>/results/<name>.jsonl)")
     p.add_argument("--no-cache", action="store_true", help="naive path: no cached frozen-prefix activations")
+    p.add_argument("--engine", choices=["local", "ray"], default="local",
+                   help="local: one run after another here; ray: fan out over a Ray cluster (pip install -e \".[cluster]\")")
+    p.add_argument("--address", default=None,
+                   help="Ray cluster to join: auto (started here with `ray start`) or HOST:PORT; default: a local one")
+    p.add_argument("--gpus-per-run", type=checks.number("--gpus-per-run", 0, 64), default=None,
+                   help="GPUs each run holds under --engine ray (1 on a GPU cluster; 0.5: two runs per GPU)")
+    p.add_argument("--cpus-per-run", type=checks.number("--cpus-per-run", 0, 1024, low_open=True), default=None,
+                   help="CPUs each run holds under --engine ray (default 1)")
+    p.add_argument("--smoke", action="store_true",
+                   help="every experiment end to end on CPU, tiny (2+ runs each, few steps, 64 px), into a fresh store")
     p.set_defaults(func=cmd_sweep)
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     """Run every run of the config not yet in the results file; print a summary per topology."""
-    from course_utils import experiments
+    from course_utils import experiments, results, runs, smoke
 
     out = checks.output_path(args.out, "--out", example="results.jsonl") if args.out is not None else None
-    config = experiments.load_config(args.config, data=args.data)
-    result = experiments.run_sweep(config, out=out, cache=not args.no_cache)
+    config = runs.load_config(args.config, data=args.data)
+    ray_flags = {"address": args.address, "gpus_per_run": args.gpus_per_run, "cpus_per_run": args.cpus_per_run}
+    ray_options = {key: value for key, value in ray_flags.items() if value is not None}
+    if ray_options and args.engine != "ray":
+        flags = " ".join(f"--{key.replace('_', '-')}" for key in ray_options)
+        raise checks.UsageError(f"{flags}: only with --engine ray (add --engine ray)")
+    runner = None
+    if args.smoke:
+        config = smoke.smoke_config(config)
+        out = out or smoke.fresh_store(config)
+        ray_options = smoke.smoke_options(ray_options)
+        if args.engine == "local":
+            runner = smoke.SmokeRunner(config.backbone, config.weights, config.image_size, cache=not args.no_cache)
+    result = experiments.run_sweep(config, out=out, cache=not args.no_cache, runner=runner, engine=args.engine,
+                                   ray_options=ray_options)
     print(result)
-    print(experiments.report(config, experiments.load_results(result.path)))
+    print(results.report(config, results.load_results(result.path)))
     return 0
 
 
@@ -256,8 +301,10 @@ def _add_recommend(sub) -> None:
                    help="images per class sampled for the distance")
     p.add_argument("--seed", type=checks.number("--seed", 0, checks.SEED_MAX, integer=True), default=0,
                    help="seed of the sample and of the train/test split")
-    p.add_argument("--json", type=Path, default=None, help="write the recommendation (and verification) here")
-    p.add_argument("--verify", action="store_true", help="also train freeze and fine-tune and say if the advice held")
+    p.add_argument("--json", type=Path, nargs="?", const="-", default=None,
+                   help="print the recommendation (and verification) as JSON, or write it to this file")
+    p.add_argument("--verify", action="store_true", help="also train Chu's Freeze and Tune and compare them with "
+                                                         "the noise rule (offered when his advice is 'try both')")
     p.add_argument("--verify-size", type=checks.number("--verify-size", *checks.IMAGE_SIZE, integer=True),
                    default=128, help="--verify: image size (small budget)")
     p.add_argument("--verify-seeds", type=checks.number("--verify-seeds", 1, 100, integer=True), default=2,
@@ -270,24 +317,29 @@ def _add_recommend(sub) -> None:
 
 
 def cmd_recommend(args: argparse.Namespace) -> int:
-    """Print images per class, the distance, Chu's Table 3 cell and the advice; optionally verify it."""
-    from course_utils import backbones, domain
+    """Print images per class, the distance, Chu's Table 3 cell and the advice; optionally verify it.
+    ``--json`` alone prints only the JSON (notebook 08_domain_distance)."""
+    from course_utils import advice, lite0
 
-    out = checks.output_path(args.json, "--json") if args.json is not None else None
+    to_stdout = str(args.json) == "-"
+    out = checks.output_path(args.json, "--json") if args.json is not None and not to_stdout else None
+    say = (lambda text: None) if to_stdout else print
     try:
-        rec = domain.recommend(args.data, per_class=args.per_class, backbone=args.backbone,
+        rec = advice.recommend(args.data, per_class=args.per_class, backbone=args.backbone,
                                image_size=args.size, sample_per_class=args.sample_per_class, seed=args.seed)
-    except backbones.WeightsUnavailableError as err:
+    except lite0.WeightsUnavailableError as err:
         raise ValueError(str(err)) from err
-    print(rec.describe())
+    say(rec.describe())
     result = rec.to_dict()
     if args.verify:
-        check = domain.verify(args.data, rec, per_class=args.per_class, image_size=args.verify_size,
+        check = advice.verify(args.data, rec, per_class=args.per_class, image_size=args.verify_size,
                               seeds=range(args.verify_seeds), test_per_class=args.test_per_class,
-                              data_seed=args.seed, steps=args.verify_steps)
-        print(check.describe())
+                              steps=args.verify_steps)
+        say(check.describe())
         result["verify"] = check.to_dict()
-    if out:
+    if to_stdout:
+        print(json.dumps(result, indent=2))
+    elif out:
         checks.write_json(out, result)
         print(f"results written to {out}")
     return 0
@@ -329,10 +381,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _expected(err: BaseException) -> bool:
     """Errors that come from the input or the machine, not from a bug: bad values (ValueError), files and
-    folders (OSError) and missing weights (``backbones.WeightsUnavailableError``)."""
+    folders (OSError) and missing weights (``lite0.WeightsUnavailableError``)."""
     if isinstance(err, (ValueError, OSError)):
         return True
-    loaded = sys.modules.get("course_utils.backbones")  # not imported yet: it cannot be that error
+    loaded = sys.modules.get("course_utils.lite0")  # not imported yet: it cannot be that error
     return loaded is not None and isinstance(err, loaded.WeightsUnavailableError)
 
 

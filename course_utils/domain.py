@@ -1,66 +1,90 @@
-"""How far a dataset is from ImageNet, and Chu et al.'s advice: freeze or fine-tune (notebooks
-``08_domain_distance`` and ``09_capstone``).
+"""How far a dataset is from ImageNet, on Chu et al.'s scale (notebooks ``08_domain_distance``, ``09_capstone``).
 
-Chu et al. (2016) choose how much of a pretrained network to fine-tune from two facts about the target
-data: the number of training images per class and the *domain distance* from the source (ImageNet), the
-cosine distance between the mean penultimate-layer features of source and target (their Table 2):
+Chu et al. (2016, Sec. 3.1) measure the cosine distance between the mean fc7 responses of source and
+target, ``1 - mu_S . mu_T / (|mu_S| |mu_T|)``, with CaffeNet. We use the pooled penultimate features of
+EfficientNet-Lite0, which needs two extra steps (the course's own; notebook 08 explains both):
 
-    distance = 1 - cos(mu_S, mu_T) = 1 - mu_S . mu_T / (|mu_S| |mu_T|)
+1. **The ImageNet mean without ImageNet images.** ``top_bn`` recorded ImageNet's per-channel statistics;
+   it maps them to mean ``beta`` and sd ``|gamma| sqrt(var / (var + eps))``. Modelling each channel as
+   ``N(beta, s^2)``, the mean after ReLU6 has a closed form (:func:`relu_gaussian_mean`); other activations
+   use Gauss-Hermite quadrature. Validated on ImageNet-like photos (:func:`imagenet_like_photos`), whose
+   sample-corrected distance from the estimate is about 0 (Chu's ImageNet-vs-ImageNet Yosinski row: 0.003).
+2. **A sample-size correction.** The mean of n images carries noise of size ``tr(Sigma)/n`` in
+   ``|mu_T|^2``, which inflates the distance of small samples (4 photos: 0.35 raw). ``corrected`` uses
+   ``|mu_T|^2 ~ |m|^2 - tr(Sigma_hat)/n``; Chu's thousands of images needed no such correction.
+3. **Calibration by rank.** Lite0's distances are not on CaffeNet's scale, so Chu's 0.2 / 0.4 bins cannot
+   be applied to them directly. :data:`ANCHORS` pairs datasets measured with Lite0 with the dataset of
+   Chu's Table 2 (:data:`CHU_TABLE2`) that they resemble; a target is placed between the anchors by
+   piecewise-linear interpolation (:func:`calibrated_distance`) and binned with Chu's bins.
 
-where ``mu_T`` is the mean pooled penultimate feature vector of target images. The features come after a
-ReLU, so they are non-negative, the cosine lies in [0, 1] and so does the distance (Chu's Table 3 bins:
-low 0-0.2, medium 0.2-0.4, high 0.4-1).
-
-**The source mean without ImageNet images.** The pooled penultimate layer of EfficientNet-Lite0 is
-``avg_pool(relu6(top_bn(top_conv(x))))``. While it trained on ImageNet, ``top_bn`` recorded the mean and
-variance of ``top_conv``'s output per channel, and it maps exactly those statistics to mean ``beta`` and
-standard deviation ``|gamma| * sqrt(var / (var + eps))``. Modelling each channel over ImageNet images and
-positions as ``N(beta, s^2)``, the ImageNet mean of the pooled feature (the spatial mean of the pooled
-map equals the mean over positions, so pooling changes nothing) is, per channel, the closed form
-
-    E[relu6(Y)] = h(beta, s, 0) - h(beta, s, 6),    h(m, s, a) = (m - a) Phi((m - a)/s) + s phi((m - a)/s)
-
-(``E[max(Y - a, 0)]`` for ``Y ~ N(m, s^2)``; ``Phi``/``phi`` the normal CDF/PDF). Activations other than
-(capped) ReLU use Gauss-Hermite quadrature instead. The normal model is the only approximation: on real
-images, this formula applied to the images' own per-channel mean and standard deviation reproduces their
-measured mean feature to a cosine distance below 0.01 (notebook ``08_domain_distance`` shows it).
-
-**Cross-checks.** Two more measures, for the ordering only (they are on other scales):
-
-- ``mmd``: the maximum mean discrepancy with a linear kernel, ``|mu_T - mu_S|``, relative to ``|mu_S|``.
-  A linear kernel is the only one whose MMD needs nothing of the source but its mean; Gaussian-kernel MMD
-  or a source-vs-target domain classifier would need ImageNet samples, which the network does not record.
-- ``confidence``: the mean top-1 probability of the network's own ImageNet classifier on the target
-  images (Hendrycks & Gimpel's maximum softmax probability): near domains get confident ImageNet
-  predictions. It uses no BatchNorm statistics at all, so it checks the estimate independently.
-  It depends on image size (smaller images give more confident predictions): compare at one size.
-
-``recommend`` puts the distance and the images per class into Chu's Table 3 grid (``CHU_TABLE``) and
-``verify`` trains both a frozen network and a fine-tuned one to see whether the advice held.
+Cross-checks (ordering only): ``mmd``, the linear-kernel MMD ``|mu_T - mu_S|`` relative to ``|mu_S|``
+(the only MMD that needs nothing of the source but its mean), and ``confidence``, the mean top-1
+probability of the network's own ImageNet classifier (high = near; depends on image size).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
 
 import numpy as np
+import skimage.data
+from scipy.special import softmax
+from scipy.stats import norm
 
-from course_utils import data
-
-if TYPE_CHECKING:  # pragma: no cover - type hints only; keras is imported where it is used
-    import keras
+from course_utils import backbones, blocks, data, evaluation, features, images
+from course_utils.quiet import keras
+from course_utils.settings import REPO_ROOT
 
 DEFAULT_BACKBONE = "efficientnet_lite0"
-MEASURES = ("distance", "mmd", "confidence")
-# Chu et al.'s Table 3 bins: distance low [0, 0.2), medium [0.2, 0.4), high [0.4, 1];
-# images per class low 1-20, medium 21-99, high >= 100.
-DISTANCE_LEVELS: tuple[tuple[str, float], ...] = (("low", 0.2), ("medium", 0.4), ("high", math.inf))
-DATA_LEVELS: tuple[tuple[str, int], ...] = (("low", 20), ("medium", 99), ("high", 10**9))
-LEVEL_RANGES = {"distance": {"low": "0-0.2", "medium": "0.2-0.4", "high": "0.4-1"},
-                "data": {"low": "1-20", "medium": "21-99", "high": ">=100"}}
+MEASURES = ("distance", "corrected", "mmd", "confidence")
 _HERMITE_NODES = 96
+
+# Chu et al. (2016), Table 2, "Distance between source and target dataset" (CaffeNet fc7, source ImageNet;
+# for Yosinski, source 500A and target 500B): dataset, cosine distance, MMD, linear SVM, CNN. Quoted.
+CHU_TABLE2: tuple[tuple[str, float, float, str, str], ...] = (
+    ("Yosinski", 0.003, 2.3, "57.3%", "51.0%"),
+    ("Caltech-256", 0.071, 10.6, "71.4%", "69.0%"),
+    ("SUN397", 0.194, 17.8, "81.5%", "76.4%"),
+    ("MIT-Indoor", 0.307, 23.9, "90.0%", "84.5%"),
+    ("CUB-200", 0.358, 37.2, "92.9%", "86.5%"),
+    ("Coral", 0.455, 38.7, "97.3%", "99.4%"),
+    ("Plankton", 0.534, 39.1, "97.2%", "99.7%"),
+)
+# Chu et al. (2016), Sec. 4: "low ... 0-0.2, a medium distance as 0.2-0.4, and a high distance as 0.4-1".
+DISTANCE_LEVELS: tuple[tuple[str, float], ...] = (("low", 0.2), ("medium", 0.4), ("high", math.inf))
+DISTANCE_RANGES = {"low": "0-0.2", "medium": "0.2-0.4", "high": "0.4-1"}
+
+
+@dataclass(frozen=True)
+class Anchor:
+    """A dataset measured with Lite0 and the dataset of Chu's Table 2 it resembles (course extension)."""
+
+    name: str
+    specs: tuple[str, ...]   # where to measure it again: the first spec that loads
+    corrected: float         # its sample-corrected distance, measured with ANCHOR_SETTINGS
+    chu_dataset: str
+    why: str
+
+    @property
+    def chu_distance(self) -> float:
+        """The cosine distance Chu's Table 2 gives for ``chu_dataset``."""
+        return next(row[1] for row in CHU_TABLE2 if row[0] == self.chu_dataset)
+
+
+_SHARED = REPO_ROOT.parent / "shared" / "data"
+ANCHOR_SETTINGS = {"backbone": DEFAULT_BACKBONE, "image_size": 224, "per_class": 100, "seed": 0}
+# Measured with `domain.measure_anchors()` (ANCHOR_SETTINGS; 500, 500 and 1000 images).
+ANCHORS: tuple[Anchor, ...] = (
+    Anchor("flowers", (str(_SHARED / "flowers"), "tfds:tf_flowers"), 0.279, "CUB-200",
+           "fine-grained photos of one kind of ImageNet-like object, as CUB's birds"),
+    Anchor("EuroSAT", (str(_SHARED / "eurosat"), "sample:eurosat"), 0.364, "Coral",
+           "survey imagery of natural surfaces seen from above, as Coral's reef photos"),
+    Anchor("digits", ("sklearn:digits",), 0.672, "Plankton",
+           "grey, non-photographic shapes on a plain background, as Plankton's microscope images"),
+)
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -73,8 +97,6 @@ def relu_gaussian_mean(mean: np.ndarray, std: np.ndarray, cap: float | None = 6.
     ``cap=6`` is ReLU6, ``cap=None`` a plain ReLU. Uses ``E[max(Y - a, 0)] = (m - a) Phi(z) + s phi(z)``,
     ``z = (m - a) / s``, and ``clip(Y, 0, cap) = max(Y, 0) - max(Y - cap, 0)``.
     """
-    from scipy.stats import norm
-
     m = np.asarray(mean, dtype=np.float64)
     s = np.maximum(np.asarray(std, dtype=np.float64), 1e-12)
 
@@ -89,24 +111,18 @@ def gaussian_mean_through(activation: Any, mean: np.ndarray, std: np.ndarray,
                           nodes: int = _HERMITE_NODES) -> np.ndarray:
     """``E[activation(Y)]`` for ``Y ~ N(mean, std^2)`` per channel, by Gauss-Hermite quadrature.
 
-    ``activation`` is any elementwise callable on arrays (a Keras activation layer, ``np.tanh``...).
-    Used for backbones whose last activation is not a (capped) ReLU, e.g. swish in EfficientNetB0.
+    ``activation``: any elementwise callable (a Keras activation layer, ``np.tanh``...), e.g. the swish of
+    EfficientNetB0 (notebook 08_domain_distance).
     """
-    from course_utils.quiet import keras  # lazy: importing this module must not load TensorFlow
-
     x, w = np.polynomial.hermite_e.hermegauss(nodes)
     values = np.asarray(mean, np.float64)[:, None] + np.asarray(std, np.float64)[:, None] * x[None, :]
     out = keras.ops.convert_to_numpy(activation(values.astype("float32"))).astype(np.float64)
     return out @ w / math.sqrt(2 * math.pi)
 
 
-def _pool_activation_bn(model: "keras.Model") -> tuple[Any, Any]:
+def _pool_activation_bn(model: keras.Model) -> tuple[Any, Any]:
     """The activation and BatchNorm layers that feed the pooled feature layer: GAP(act(BN(.)))."""
-    from course_utils.quiet import keras  # lazy: importing this module must not load TensorFlow
-
-    from course_utils import backbones
-
-    name = backbones.feature_layer(model)
+    name = blocks.feature_layer(model)
     layers = model.layers
     i = [layer.name for layer in layers].index(name)
     pool, act, bn = layers[i], layers[i - 1], layers[i - 2]
@@ -121,29 +137,19 @@ def _pool_activation_bn(model: "keras.Model") -> tuple[Any, Any]:
 
 
 def _weight(layer: Any, attr: str, default: float) -> np.ndarray:
-    from course_utils.quiet import keras  # lazy: importing this module must not load TensorFlow
-
     var = getattr(layer, attr, None)
     if var is None:
         return np.full(int(layer.moving_mean.shape[0]), default)
     return keras.ops.convert_to_numpy(var).astype(np.float64)
 
 
-def imagenet_mean_features(model: "keras.Model") -> np.ndarray:
-    """The ImageNet mean of the pooled penultimate features, estimated from what the network recorded.
-
-    ``top_bn`` turns ImageNet's recorded per-channel statistics into mean ``beta`` and standard deviation
-    ``|gamma| sqrt(var / (var + eps))``; the mean after the activation follows in closed form for (capped)
-    ReLU (:func:`relu_gaussian_mean`) and by quadrature otherwise (notebook ``08_domain_distance``).
-    """
-    from course_utils.quiet import keras  # lazy: importing this module must not load TensorFlow
-
+def imagenet_mean_features(model: keras.Model) -> np.ndarray:
+    """The ImageNet mean of the pooled penultimate features, estimated from ``top_bn`` (08_domain_distance)."""
     act, bn = _pool_activation_bn(model)
     var = _weight(bn, "moving_variance", 1.0)
     mean = _weight(bn, "beta", 0.0)
     std = np.abs(_weight(bn, "gamma", 1.0)) * np.sqrt(var / (var + bn.epsilon))
-    plain_relu = isinstance(act, keras.layers.ReLU) and not act.negative_slope and not act.threshold
-    if plain_relu:
+    if isinstance(act, keras.layers.ReLU) and not act.negative_slope and not act.threshold:
         return relu_gaussian_mean(mean, std, cap=act.max_value)
     return gaussian_mean_through(act, mean, std)
 
@@ -161,6 +167,20 @@ def cosine_distance(a: np.ndarray, b: np.ndarray) -> float:
     return float(1.0 - a @ b / norms)
 
 
+def corrected_distance(source_mean: np.ndarray, target_features: np.ndarray) -> float:
+    """:func:`cosine_distance` with ``|mu_T|^2`` corrected for sample size (course's own; notebook 08).
+
+    ``|m|^2`` overestimates ``|mu_T|^2`` by ``tr(Sigma)/n`` on average; the dot product is unbiased.
+    Needs at least 2 images; near 0 it may come out slightly negative (sampling noise).
+    """
+    feats = np.asarray(target_features, np.float64)
+    if feats.ndim != 2 or len(feats) < 2:
+        raise ValueError(f"the sample-corrected distance needs at least 2 feature vectors, got shape {feats.shape}")
+    s, m = np.asarray(source_mean, np.float64), feats.mean(axis=0)
+    norm_t2 = max(float(m @ m - feats.var(axis=0, ddof=1).sum() / len(feats)), 1e-12)
+    return float(1.0 - s @ m / (np.linalg.norm(s) * math.sqrt(norm_t2)))
+
+
 def linear_mmd(source_mean: np.ndarray, target_mean: np.ndarray) -> float:
     """Linear-kernel MMD ``|mu_T - mu_S|`` relative to ``|mu_S|`` (scale-free; 0 for identical means)."""
     s, t = np.asarray(source_mean, np.float64), np.asarray(target_mean, np.float64)
@@ -169,9 +189,10 @@ def linear_mmd(source_mean: np.ndarray, target_mean: np.ndarray) -> float:
 
 @dataclass
 class DomainDistance:
-    """The distance of one sample of images from ImageNet, with the cross-check measures (08_domain_distance)."""
+    """The distance of one sample of images from ImageNet, with the cross-checks (08_domain_distance)."""
 
-    distance: float      # Chu et al.: 1 - cos(mean ImageNet feature, mean target feature), in [0, 1]
+    distance: float      # Chu et al.'s formula on the sample's mean: 1 - cos(mu_ImageNet, mean target feature)
+    corrected: float     # the same with |mu_T| corrected for sample size; what the calibration uses
     mmd: float           # linear-kernel MMD relative to the ImageNet mean's norm
     confidence: float    # mean top-1 ImageNet probability on the target images (high = near)
     n_images: int
@@ -180,15 +201,17 @@ class DomainDistance:
     target_mean: np.ndarray = field(repr=False)
 
     def measures(self) -> dict[str, float]:
-        """The three measures by name (``MEASURES``)."""
+        """The measures by name (``MEASURES``)."""
         return {name: float(getattr(self, name)) for name in MEASURES}
 
+    @property
+    def calibrated(self) -> float:
+        """``corrected`` placed on Chu's scale between the :data:`ANCHORS`."""
+        return calibrated_distance(self.corrected)
 
-def _imagenet_probabilities(model: "keras.Model", feats: np.ndarray) -> np.ndarray:
+
+def _imagenet_probabilities(model: keras.Model, feats: np.ndarray) -> np.ndarray:
     """ImageNet class probabilities from pooled features: the model's last (Dense, softmax) layer."""
-    from course_utils.quiet import keras  # lazy: importing this module must not load TensorFlow
-    from scipy.special import softmax
-
     head = model.layers[-1]
     if not isinstance(head, keras.layers.Dense):
         raise ValueError(f"{model.name!r} does not end in a Dense ImageNet classifier; load the full backbone")
@@ -196,32 +219,30 @@ def _imagenet_probabilities(model: "keras.Model", feats: np.ndarray) -> np.ndarr
     return softmax(feats.astype(np.float64) @ kernel + bias, axis=1)
 
 
-def measure_images(images: data.ImageSet, model: "keras.Model", backbone: str = DEFAULT_BACKBONE) -> DomainDistance:
-    """Distance, MMD and ImageNet confidence of ``images`` from ImageNet (notebook ``08_domain_distance``).
-
-    ``model`` is the full ImageNet classifier of ``backbone`` (``backbones.load_backbone``). Features go
-    through ``features.extract_features``, so they are cached on disk like every bottleneck feature.
-    """
-    from course_utils import features
-
-    if len(images) == 0:
-        raise ValueError("no images to measure: the sample is empty")
-    feats = features.extract_features(images, backbone, model=model)
+def measure_features(feats: np.ndarray, model: keras.Model, image_size: int,
+                     backbone: str = DEFAULT_BACKBONE) -> DomainDistance:
+    """Every measure from pooled target features (``model``: the full ImageNet classifier; notebook 08)."""
+    if len(feats) < 2:
+        raise ValueError("measure at least 2 images (more give a steadier distance: 20 per class is plenty)")
     source, target = imagenet_mean_features(model), feats.mean(axis=0)
     probs = _imagenet_probabilities(model, feats)
-    return DomainDistance(cosine_distance(source, target), linear_mmd(source, target),
-                          float(probs.max(axis=1).mean()), len(images), int(images.images.shape[1]),
-                          backbone, target)
+    return DomainDistance(cosine_distance(source, target), corrected_distance(source, feats),
+                          linear_mmd(source, target), float(probs.max(axis=1).mean()), len(feats),
+                          int(image_size), backbone, target)
 
 
-def dataset_distance(spec: str, model: "keras.Model | None" = None, backbone: str = DEFAULT_BACKBONE,
+def measure_images(images: data.ImageSet, model: keras.Model, backbone: str = DEFAULT_BACKBONE) -> DomainDistance:
+    """Every measure of ``images`` from ImageNet; features cached on disk like every bottleneck feature."""
+    feats = features.extract_features(images, backbone, model=model) if len(images) else np.zeros((0, 1))
+    return measure_features(feats, model, int(images.images.shape[1]), backbone)
+
+
+def dataset_distance(spec: str, model: keras.Model | None = None, backbone: str = DEFAULT_BACKBONE,
                      image_size: int = 224, per_class: int | None = 20, seed: int = 0) -> DomainDistance:
-    """:func:`measure_images` on ``per_class`` training images of each class of a dataset spec.
+    """:func:`measure_images` on ``per_class`` training images of each class (08_domain_distance).
 
-    Raises ``data.DatasetError`` (a ValueError) for a spec that cannot be loaded (notebook 08_domain_distance).
+    Raises ``DatasetError`` (a ValueError) for a spec that cannot be loaded.
     """
-    from course_utils import backbones
-
     split = data.load_dataset(spec, image_size=image_size, per_class=per_class, seed=seed, test_per_class=1)
     model = model or backbones.load_backbone(backbone, input_size=image_size)
     return measure_images(split.train, model, backbone)
@@ -240,241 +261,86 @@ def summarize(runs: Sequence[DomainDistance]) -> dict[str, tuple[float, float]]:
     return {name: (float(np.mean(v)), float(np.std(v))) for name, v in values.items()}
 
 
+def imagenet_like_photos(image_size: int = 224) -> np.ndarray:
+    """Four ImageNet-like photos that ship with scikit-image (astronaut, cat, coffee, rocket), uint8 (08)."""
+    names = ("astronaut", "chelsea", "coffee", "rocket")
+    return np.stack([images.to_model_input(getattr(skimage.data, n)(), image_size) for n in names])
+
+
 # ----------------------------------------------------------------------------------------------------
-# Chu et al.'s Table 3
+# Calibration: Lite0 distances placed on Chu's scale by rank between anchors (course extension)
 
 
-@dataclass(frozen=True)
-class Advice:
-    """One cell of the recommendation grid: what to train, and why (notebook ``08_domain_distance``).
+def calibrated_distance(corrected: float, anchors: Sequence[Anchor] = ANCHORS) -> float:
+    """A Lite0 sample-corrected distance on Chu's scale: linear between anchors, with 0 -> 0 and 1 -> 1.
 
-    ``depth``: ``"none"`` (freeze the backbone, train the new head: Chu's F(1-7)), ``"top"`` (also
-    fine-tune the top 2 blocks), ``"half"`` (the top half of the blocks) or ``"all"`` (every layer).
+    Anchors must rise together on both scales (the same rank order), as Chu's Table 2 orders his
+    (notebook 08_domain_distance).
     """
-
-    depth: str
-    text: str
-
-    @property
-    def topology(self) -> str:
-        """``"freeze"`` or ``"finetune"``."""
-        return "freeze" if self.depth == "none" else "finetune"
-
-    @property
-    def short(self) -> str:
-        """A few words for plots: "freeze", "fine-tune top 2", "fine-tune top half", "fine-tune all"."""
-        return {"none": "freeze", "top": "fine-tune top 2", "half": "fine-tune top half",
-                "all": "fine-tune all"}[self.depth]
-
-    def train_last(self, n_blocks: int) -> int:
-        """How many of the backbone's last blocks to train (``surgery.freeze(train_last=...)``)."""
-        return {"none": 0, "top": min(2, n_blocks), "half": n_blocks // 2, "all": n_blocks}[self.depth]
-
-
-_FREEZE_LOW = ("Freeze the pretrained network and train only the new softmax head (Chu's F(1-7)); "
-               "with this few images per class, fine-tuning millions of weights overfits and gains nothing.")
-CHU_TABLE: dict[tuple[str, str], Advice] = {
-    # (distance level, data level) -> advice; the course's reading of Chu et al. (2016), Table 3:
-    # copy every pretrained layer, fine-tune more of them the farther the domain and the more the data.
-    ("low", "low"): Advice("none", _FREEZE_LOW),
-    ("low", "medium"): Advice("none", "Freeze the network and train the new head: ImageNet features already "
-                                      "fit a near domain; fine-tuning the top blocks gains little here."),
-    ("low", "high"): Advice("top", "Fine-tune the top 2 blocks at a 10x lower learning rate than the new head; "
-                                   "a near domain needs only the most specific features adapted."),
-    ("medium", "low"): Advice("none", _FREEZE_LOW),
-    ("medium", "medium"): Advice("top", "Fine-tune the top 2 blocks at a 10x lower learning rate than the new "
-                                        "head, after training the head on frozen features."),
-    ("medium", "high"): Advice("half", "Fine-tune the top half of the network at a 10x lower learning rate; "
-                                       "enough data to adapt mid-level features to the new domain."),
-    ("high", "low"): Advice("top", "Fine-tune the top 2 blocks at a 10x lower learning rate: frozen ImageNet "
-                                   "features fit a far domain poorly, but too few images for deeper tuning."),
-    ("high", "medium"): Advice("half", "Fine-tune the top half of the network at a 10x lower learning rate; "
-                                       "a far domain needs its mid-level features adapted."),
-    ("high", "high"): Advice("all", "Fine-tune every layer (keep the pretrained weights as the start; do not "
-                                    "re-initialise), at a 10x lower rate for the pretrained layers."),
-}
+    points = sorted((a.corrected, a.chu_distance) for a in anchors)
+    xs, ys = [0.0] + [p[0] for p in points] + [1.0], [0.0] + [p[1] for p in points] + [1.0]
+    if any(b <= a for a, b in zip(xs, xs[1:])) or any(b <= a for a, b in zip(ys, ys[1:])):
+        raise ValueError("anchors must be in the same order on Lite0's and Chu's scales, between 0 and 1")
+    return float(np.interp(float(corrected), xs, ys))
 
 
 def distance_level(distance: float) -> str:
-    """``"low"`` (< 0.2), ``"medium"`` (< 0.4) or ``"high"`` (Chu's Table 3 distance bins)."""
+    """``"low"`` (< 0.2), ``"medium"`` (< 0.4) or ``"high"``: Chu's bins, for a distance on his scale (08)."""
     d = float(distance)
     if math.isnan(d) or d < -1e-6:
         raise ValueError(f"a cosine distance from ImageNet lies in [0, 1]; got {distance!r}")
     return next(level for level, upper in DISTANCE_LEVELS if d < upper)
 
 
-def data_level(images_per_class: int) -> str:
-    """``"low"`` (1-20), ``"medium"`` (21-99) or ``"high"`` (>= 100 images per class; Chu's Table 3)."""
-    if isinstance(images_per_class, bool) or int(images_per_class) != images_per_class or images_per_class < 1:
-        raise ValueError(f"images per class must be a positive integer, got {images_per_class!r}")
-    return next(level for level, upper in DATA_LEVELS if images_per_class <= upper)
+def measure_anchors(model: keras.Model | None = None, anchors: Sequence[Anchor] = ANCHORS,
+                    **settings: Any) -> dict[str, DomainDistance]:
+    """Measure every anchor again (first spec that loads; ``ANCHOR_SETTINGS`` unless overridden), a minute
+    or two on a CPU, plus the ImageNet-like photos as ``"photos"`` (notebook 08_domain_distance)."""
+    opts = {**ANCHOR_SETTINGS, **settings}
+    model = model or backbones.load_backbone(opts["backbone"], input_size=opts["image_size"])
+    out = {}
+    for anchor in anchors:
+        spec = next((s for s in anchor.specs if Path(s).exists()), anchor.specs[-1])
+        out[anchor.name] = dataset_distance(spec, model, opts["backbone"], opts["image_size"],
+                                            opts["per_class"], opts["seed"])
+    photos = imagenet_like_photos(opts["image_size"])
+    feats = evaluation.predict(features.feature_extractor(model), photos, backbones.get_preprocess(opts["backbone"]))
+    out["photos"] = measure_features(feats, model, opts["image_size"], opts["backbone"])
+    return out
 
 
-def chu_cell(distance: float, images_per_class: int) -> tuple[str, str]:
-    """(distance level, data level): the cell of Chu et al.'s Table 3 (notebook ``08_domain_distance``)."""
-    return distance_level(distance), data_level(images_per_class)
+def calibration_table(measured: dict[str, DomainDistance] | None = None) -> list[dict[str, Any]]:
+    """One row per anchor: dataset, Chu's look-alike and his distance, our raw and corrected distances,
+    the calibrated distance, its level, and its level when the anchor itself is left out (is the rank
+    placement robust without it?). ``measured`` (from :func:`measure_anchors`) replaces the stored
+    values and adds the photos row; without it the stored :data:`ANCHORS` are used."""
+    rows = []
+    for anchor in ANCHORS:
+        got = (measured or {}).get(anchor.name)
+        corrected = got.corrected if got else anchor.corrected
+        others = [a for a in ANCHORS if a is not anchor]
+        rows.append({"dataset": anchor.name, "chu_dataset": anchor.chu_dataset, "chu_distance": anchor.chu_distance,
+                     "raw": got.distance if got else None, "corrected": corrected,
+                     "calibrated": calibrated_distance(corrected),
+                     "level": distance_level(calibrated_distance(corrected)),
+                     "level_without_it": distance_level(calibrated_distance(corrected, others)), "why": anchor.why})
+    if measured and "photos" in measured:
+        p = measured["photos"]
+        rows.insert(0, {"dataset": "ImageNet-like photos", "chu_dataset": "Yosinski", "chu_distance": 0.003,
+                        "raw": p.distance, "corrected": p.corrected, "calibrated": calibrated_distance(p.corrected),
+                        "level": distance_level(calibrated_distance(p.corrected)),
+                        "level_without_it": distance_level(calibrated_distance(p.corrected)),
+                        "why": "checks the ImageNet-mean estimate: should be about 0"})
+    return rows
 
 
-def train_class_counts(spec: str, seed: int = 0, test_fraction: float = 0.2) -> dict[str, int]:
-    """Images per class in the train split ``data.load_dataset`` would use, counted without decoding.
-
-    A folder with ``train/`` (or a tfds dataset with a test split) counts its train part; otherwise the
-    ``1 - test_fraction`` share that the seeded split keeps. Raises ``data.DatasetError`` for a bad spec.
-    """
-    # data has no public counting function yet; these two helpers list files/labels and decode nothing.
-    source = data._open_source(str(spec), 8)
-    labels = source.train.labels
-    if source.test is None:
-        labels = labels[data._split_indices(labels, test_fraction, seed)[0]]
-    counts = np.bincount(labels, minlength=len(source.classes))
-    return dict(zip(source.classes, (int(c) for c in counts)))
-
-
-@dataclass
-class Recommendation:
-    """Images per class, distance, Chu's cell and the advice (``recommend``, notebooks 08 and 09)."""
-
-    spec: str
-    images_per_class: int
-    distance: float
-    distance_level: str
-    data_level: str
-    advice: str
-    topology: str            # "freeze" or "finetune"
-    method: str              # recipes.Recipe method that follows the advice: "head" or "finetune"
-    unfreeze: int            # blocks to fine-tune (recipes.Recipe.unfreeze); 0 when frozen
-    backbone: str
-    measures: dict[str, float] = field(default_factory=dict)
-    class_counts: dict[str, int] = field(default_factory=dict)
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-ready dict (the ``--json`` file of ``recommend``)."""
-        return asdict(self)
-
-    def describe(self) -> str:
-        """The lines the command line prints."""
-        counts = list(self.class_counts.values()) or [self.images_per_class]
-        m = self.measures
-        return "\n".join([
-            f"data: {self.spec} ({len(counts)} classes)",
-            f"images per class: {self.images_per_class} (the train split has {min(counts)}-{max(counts)}, "
-            f"median {int(np.median(counts))})",
-            f"distance from ImageNet: {self.distance:.3f} (Chu et al.: 1 - cosine of the mean penultimate "
-            f"features, {m.get('n_images', '?')} images at {m.get('image_size', '?')} px, {self.backbone})",
-            f"cross-checks: linear-kernel MMD {m.get('mmd', float('nan')):.2f} (relative), ImageNet "
-            f"confidence {m.get('confidence', float('nan')):.2f} (mean top-1 probability; higher = nearer)",
-            f"Chu's Table 3 cell: {self.distance_level} distance ({LEVEL_RANGES['distance'][self.distance_level]})"
-            f" x {self.data_level} data ({LEVEL_RANGES['data'][self.data_level]} images per class)",
-            f"advice: {self.advice}",
-            f"recipe: python -m course_utils train --data {self.spec} --method {self.method}"
-            + (f" --unfreeze {self.unfreeze}" if self.method == "finetune" else ""),
-        ])
-
-
-def advise(distance: float, images_per_class: int, n_blocks: int) -> tuple[str, str, Advice, int]:
-    """(distance level, data level, advice, blocks to fine-tune) for a backbone with ``n_blocks`` blocks."""
-    cell = chu_cell(distance, images_per_class)
-    advice = CHU_TABLE[cell]
-    return cell[0], cell[1], advice, advice.train_last(n_blocks)
-
-
-def recommend(spec: str, per_class: int | None = None, backbone: str = DEFAULT_BACKBONE,
-              image_size: int = 224, sample_per_class: int = 20, seed: int = 0,
-              model: "keras.Model | None" = None) -> Recommendation:
-    """Measure a dataset and look up Chu et al.'s advice (notebooks ``08_domain_distance``, ``09_capstone``).
-
-    Images per class: the median over classes of the train split, or ``per_class`` when you plan to use
-    fewer. The distance uses ``sample_per_class`` random training images per class at ``image_size``.
-    """
-    from course_utils import backbones
-
-    if per_class is not None and (isinstance(per_class, bool) or int(per_class) != per_class or per_class < 1):
-        raise ValueError(f"per_class must be a positive integer (images per class you will train on), "
-                         f"got {per_class!r}")
-    counts = train_class_counts(spec, seed=seed)
-    n = int(np.median(list(counts.values())))
-    n = min(n, int(per_class)) if per_class else n
-    model = model or backbones.load_backbone(backbone, input_size=image_size)
-    dist = dataset_distance(spec, model, backbone, image_size, sample_per_class, seed)
-    d_level, n_level, advice, unfreeze = advise(dist.distance, n, len(backbones.block_names(model)))
-    measures = {**dist.measures(), "n_images": dist.n_images, "image_size": dist.image_size}
-    return Recommendation(str(spec), n, dist.distance, d_level, n_level, advice.text, advice.topology,
-                          "head" if advice.topology == "freeze" else "finetune", unfreeze, backbone,
-                          measures, counts)
-
-
-# ----------------------------------------------------------------------------------------------------
-# Checking the advice by experiment
-
-
-@dataclass
-class Verification:
-    """Test accuracy of freeze (new head only) and fine-tune per seed, and whether the advice held."""
-
-    recommended: str                 # "freeze" or "finetune"
-    accuracy: dict[str, list[float]]  # {"freeze": [per seed], "finetune": [per seed]}
-    n_test: int
-    per_class: int
-    image_size: int
-    unfreeze: int
-    seeds: list[int]
-    steps: int | None = None          # training updates of each method (None: the recipes' default epochs)
-
-    @property
-    def noise(self) -> float:
-        """What counts as no difference: one test image (1/n_test) or the mean std across seeds."""
-        spread = float(np.mean([np.std(v) for v in self.accuracy.values()])) if len(self.seeds) > 1 else 0.0
-        return max(1.0 / max(self.n_test, 1), spread)
-
-    @property
-    def verdict(self) -> str:
-        """``"held"``, ``"within noise"`` or ``"did not hold"``."""
-        other = "finetune" if self.recommended == "freeze" else "freeze"
-        diff = float(np.mean(self.accuracy[self.recommended]) - np.mean(self.accuracy[other]))
-        if abs(diff) <= self.noise:
-            return "within noise"
-        return "held" if diff > 0 else "did not hold"
-
-    def describe(self) -> str:
-        """One line per method, then the verdict."""
-        budget = f"{self.steps} training steps each" if self.steps else "the recipes' default epochs"
-        lines = [f"verify: {self.per_class} train images per class, {self.image_size} px, {budget}, "
-                 f"{self.n_test} test images, seeds {self.seeds}"]
-        for name, accs in self.accuracy.items():
-            label = "freeze (new head only)" if name == "freeze" else f"fine-tune last {self.unfreeze} blocks"
-            mark = "  <- recommended" if name == self.recommended else ""
-            lines.append(f"  {label:<28} accuracy {np.mean(accs):.3f} +- {np.std(accs):.3f}{mark}")
-        lines.append(f"the advice {self.verdict} (noise level {self.noise:.3f})")
-        return "\n".join(lines)
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready, with the verdict."""
-        return {**asdict(self), "verdict": self.verdict, "noise": self.noise}
-
-
-def verify(spec: str, recommendation: Recommendation, per_class: int | None = None, image_size: int = 128,
-           seeds: Sequence[int] = (0, 1), test_per_class: int | None = 20, data_seed: int = 0,
-           steps: int | None = 40) -> Verification:
-    """Train freeze (``head``) and fine-tune (``finetune``) on the same small sample; compare test accuracy.
-
-    ``per_class`` defaults to the recommendation's images per class. Both methods get the same ``steps``
-    SGD updates (fine-tuning first fits the head on frozen features, as ``recipes.run`` does); fine-tuning
-    trains the recommended number of blocks, or the top 2 when the advice is to freeze. Every seed uses the
-    same images (a paired comparison); seeds change the initialisation and the batch order (notebook
-    ``08_domain_distance``).
-    """
-    from course_utils import recipes
-
-    per_class = int(per_class or recommendation.images_per_class)
-    split = data.load_dataset(spec, image_size=image_size, per_class=per_class, seed=data_seed,
-                              test_per_class=test_per_class)
-    unfreeze = recommendation.unfreeze or 2
-    accuracy: dict[str, list[float]] = {"freeze": [], "finetune": []}
-    for seed in seeds:
-        for name, method in (("freeze", "head"), ("finetune", "finetune")):
-            recipe = recipes.Recipe(method=method, backbone=recommendation.backbone, unfreeze=unfreeze,
-                                    steps=steps, seed=int(seed))
-            report = recipes.run(split, recipe)[1]
-            accuracy[name].append(float("nan") if report["accuracy"] is None else report["accuracy"])  # diverged
-    return Verification(recommendation.topology, accuracy, len(split.test), per_class, image_size, unfreeze,
-                        [int(s) for s in seeds], steps)
+def format_calibration(rows: Sequence[dict[str, Any]]) -> str:
+    """The calibration table as text, with Chu's Table 2 beside it (notebook 08, the closing note)."""
+    lines = ["Chu et al. (2016), Table 2 (CaffeNet fc7):  " + ", ".join(f"{r[0]} {r[1]:.3f}" for r in CHU_TABLE2),
+             f"{'dataset':<22}{'Chu look-alike':<16}{'Chu':>7}{'raw':>8}{'corrected':>11}{'calibrated':>12}  "
+             "level   (left out)"]
+    for r in rows:
+        raw = "-" if r["raw"] is None else f"{r['raw']:.3f}"
+        lines.append(f"{r['dataset']:<22}{r['chu_dataset']:<16}{r['chu_distance']:>7.3f}{raw:>8}"
+                     f"{r['corrected']:>11.3f}{r['calibrated']:>12.3f}  {r['level']:<7} ({r['level_without_it']})")
+    return "\n".join(lines)

@@ -6,8 +6,9 @@
 layers (notebooks ``03_learning_rate`` and ``04_freezing``).
 
 Every method returns a report (accuracy, per-class accuracy, confusion matrix) and a complete Keras model
-that maps uint8 images (after the backbone's preprocessing) to class probabilities, so every method can be
-saved as ``.keras`` and used the same way.
+that maps the backbone's preprocessed images to class probabilities. ``save_model`` (``.keras``) and
+``export_saved_model`` (SavedModel) put the preprocessing inside (``exportable``): the saved model takes raw
+uint8 images and loads without ``course_utils`` (notebook ``09_capstone``).
 """
 
 from __future__ import annotations
@@ -21,8 +22,10 @@ from pathlib import Path
 from course_utils.quiet import keras
 import numpy as np
 
-from course_utils import backbones, features, surgery, training
+from course_utils import backbones, evaluation, features, surgery, training
+from course_utils.blocks import block_names
 from course_utils.data import Split
+from course_utils.settings import seed_everything
 
 METHODS = ("svm", "logreg", "head", "finetune")
 
@@ -76,7 +79,7 @@ def fit_head_on_features(feats: np.ndarray, labels: np.ndarray, num_classes: int
         epochs, steps = 10, None
     history = training.fit_arrays(head, feats, labels, recipe.lr, epochs=epochs, steps=steps,
                                   batch_size=recipe.batch_size)
-    training.check_finite(history.history["loss"], f"the new head's training loss at --lr {recipe.lr:g}")
+    evaluation.check_finite(history.history["loss"], f"the new head's training loss at --lr {recipe.lr:g}")
     return head.get_layer(surgery.HEAD_NAME).get_weights()
 
 
@@ -85,7 +88,7 @@ def check_unfreeze(base: keras.Model, recipe: Recipe) -> None:
     (``train --unfreeze``); checked before any training."""
     if recipe.method != "finetune":
         return
-    blocks = backbones.block_names(base)
+    blocks = block_names(base)
     if not 1 <= recipe.unfreeze <= len(blocks):
         raise ValueError(f"--unfreeze must be between 1 and {len(blocks)} for {recipe.backbone} (its blocks: "
                          f"{blocks[0]} ... {blocks[-1]}), got {recipe.unfreeze}")
@@ -95,11 +98,9 @@ def run(split: Split, recipe: Recipe, verbose: int = 0, base: keras.Model | None
     """Train ``recipe`` on ``split.train`` and evaluate on ``split.test``: (model, report).
 
     ``base``: the backbone, already loaded with ``load_backbone`` at the split's image size (else loaded
-    here). A run whose loss or outputs become NaN or infinite gets ``training.diverged_report`` (``diverged``
+    here). A run whose loss or outputs become NaN or infinite gets ``evaluation.diverged_report`` (``diverged``
     true, no accuracy) instead of an accuracy.
     """
-    from course_utils.settings import seed_everything
-
     seed_everything(recipe.seed)
     size = int(split.train.images.shape[1])
     base = base or backbones.load_backbone(recipe.backbone, weights=recipe.weights, input_size=size)
@@ -110,9 +111,9 @@ def run(split: Split, recipe: Recipe, verbose: int = 0, base: keras.Model | None
     try:
         with training.Timer() as timer:
             _train(model, base, split, recipe, preprocess, verbose)
-        report = training.evaluate(model, split.test, preprocess)
-    except training.DivergedError as err:
-        report = training.diverged_report(split.test.classes, len(split.test.labels), str(err))
+        report = evaluation.evaluate(model, split.test, preprocess)
+    except evaluation.DivergedError as err:
+        report = evaluation.diverged_report(split.test.classes, len(split.test.labels), str(err))
     report.update(n_train=int(len(split.train.labels)), seconds=round(timer.seconds, 2),
                   method=recipe.method, backbone=recipe.backbone, trainable_params=surgery.count_params(model))
     return model, report
@@ -133,35 +134,73 @@ def _train(model: keras.Model, base: keras.Model, split: Split, recipe: Recipe, 
                                  backbone_lr=recipe.backbone_lr if recipe.backbone_lr is not None else recipe.lr / 10,
                                  steps=recipe.steps, epochs=recipe.epochs, batch_size=recipe.batch_size,
                                  augment=recipe.augment, seed=recipe.seed, verbose=verbose)
-        training.check_finite(history.history["loss"], f"the fine-tuning loss at --lr {recipe.lr:g}")
+        evaluation.check_finite(history.history["loss"], f"the fine-tuning loss at --lr {recipe.lr:g}")
 
 
 # --------------------------------------------------------------------------------------------------
-# Saved models: ``train --save`` writes one, ``predict --model`` reads it
+# Saved models: ``train --save`` / ``--export`` write them, ``predict --model`` reads them
 
 
-SAVED_INFO = "course_utils.json"  # inside the .keras archive: class names and backbone
+SAVED_INFO = "course_utils.json"  # inside the .keras archive (beside saved_model.pb): class names, backbone
 
 
 class ModelFileError(ValueError):
     """A ``.keras`` file that cannot be loaded; the message names it and says what to do."""
 
 
-def save_model(model: keras.Model, path, classes: list[str], backbone: str) -> Path:
-    """Save ``model`` as ``.keras`` with its class names and backbone inside (``train --save``), atomically.
+def takes_uint8(model: keras.Model) -> bool:
+    """True when ``model`` takes raw uint8 images and preprocesses them itself (``exportable``)."""
+    return keras.backend.standardize_dtype(model.inputs[0].dtype) == "uint8"
 
-    Keras reads only its own members of the archive, so ``keras.saving.load_model`` still loads it; the
-    extra member lets ``load_model`` (``predict --model``) print class names and preprocess the images.
+
+def exportable(model: keras.Model, backbone: str) -> keras.Model:
+    """A self-contained classifier: raw uint8 RGB images ``(N, S, S, 3)`` in, class probabilities out
+    (notebook ``09_capstone``).
+
+    ``backbones.preprocessing_layer(backbone)`` (standard Keras layers only) sits in front of ``model``,
+    which takes ``backbone``'s preprocessed input; the layers and weights are shared, not copied. The new
+    model is not compiled, so it saves without an optimizer (the course's own optimizers included) and
+    loads with plain ``keras.saving.load_model`` in a program that never imports ``course_utils``.
+    A model that already takes uint8 images is returned as it is.
+    """
+    if takes_uint8(model):
+        return model
+    plain = keras.Model(model.inputs, model.outputs, name=model.name)  # same layers, but not compiled
+    inputs = keras.Input(tuple(model.input_shape[1:]), dtype="uint8", name="image")
+    return keras.Model(inputs, plain(backbones.preprocessing_layer(backbone)(inputs)), name="classifier")
+
+
+def _info(classes: list[str], backbone: str) -> str:
+    return json.dumps({"classes": list(classes), "backbone": backbone, "input": "uint8 RGB 0..255"})
+
+
+def save_model(model: keras.Model, path, classes: list[str], backbone: str) -> Path:
+    """Save ``exportable(model, backbone)`` as ``.keras``, atomically, with its class names and backbone
+    inside (``train --save``; notebook ``09_capstone``).
+
+    Keras reads only its own members of the archive, so ``keras.saving.load_model`` loads it anywhere; the
+    extra member lets ``load_model`` (``predict --model``) print the class names.
     """
     path = Path(path)
     tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.keras")
     try:
-        model.save(tmp)
+        exportable(model, backbone).save(tmp)
         with zipfile.ZipFile(tmp, "a") as archive:
-            archive.writestr(SAVED_INFO, json.dumps({"classes": list(classes), "backbone": backbone}))
+            archive.writestr(SAVED_INFO, _info(classes, backbone))
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
+    return path
+
+
+def export_saved_model(model: keras.Model, path, classes: list[str], backbone: str) -> Path:
+    """Write ``exportable(model, backbone)`` as a TensorFlow SavedModel folder for serving (``train
+    --export``; notebook ``09_capstone``): ``tf.saved_model.load(path).serve(uint8 images)`` returns the
+    probabilities, with no Keras and no ``course_utils``; ``course_utils.json`` beside it names the classes.
+    """
+    path = Path(path)
+    exportable(model, backbone).export(str(path), format="tf_saved_model", verbose=False)
+    (path / SAVED_INFO).write_text(_info(classes, backbone), encoding="utf-8")
     return path
 
 
@@ -183,3 +222,10 @@ def load_model(path) -> tuple[keras.Model, dict]:
         raise ModelFileError(f"cannot load the model {path} ({type(err).__name__}: {reason}); it is not a "
                              "complete .keras file: save it again with train --save") from None
     return model, info
+
+
+def predict_probabilities(model: keras.Model, images: np.ndarray, backbone: str) -> np.ndarray:
+    """Class probabilities of uint8 images ``(N, S, S, 3)`` (``predict``): a model that takes uint8 images
+    preprocesses them itself; any other gets ``backbone``'s preprocessing first (notebook ``09_capstone``)."""
+    preprocess = None if takes_uint8(model) else backbones.get_preprocess(backbone)
+    return np.asarray(evaluation.predict(model, images, preprocess), dtype="float32")

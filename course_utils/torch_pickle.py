@@ -49,7 +49,7 @@ _STORAGE_DTYPES: dict[str, np.dtype] = {
 
 
 class UnsafeCheckpointError(pickle.UnpicklingError, ValueError):
-    """The file asks to import something other than plain tensors; it was refused, nothing ran."""
+    """The file asks to import something other than plain tensors; refused, nothing ran (notebook 00_setup)."""
 
 
 @dataclass(frozen=True)
@@ -253,7 +253,7 @@ def _as_state_dict(obj: Any) -> OrderedDict[str, np.ndarray]:
 
 
 def read_legacy_state_dict(data: bytes) -> OrderedDict[str, np.ndarray]:
-    """Parse the bytes of a legacy checkpoint; see :func:`load_legacy_state_dict`."""
+    """Parse the bytes of a legacy checkpoint; see :func:`load_legacy_state_dict` (notebook 02_replace_softmax)."""
     if data[:4] == _ZIP_SIGNATURE:
         raise ValueError(
             "this is a zip-format PyTorch checkpoint (torch >= 1.6 default); only the legacy "

@@ -1,4 +1,4 @@
-"""The command line, as a user or a grader runs it: python -m course_utils predict|train|release."""
+"""The command line, as a user or a grader runs it: python -m course_utils predict|train|release|grade."""
 
 from __future__ import annotations
 
@@ -59,11 +59,11 @@ def test_train_writes_json_and_a_loadable_model(flowers_dir, tmp_path, capsys):
 
     import keras
 
-    from course_utils import backbones, data
+    from course_utils import data
 
-    model = keras.saving.load_model(saved)
+    model = keras.saving.load_model(saved)  # raw uint8 images in: the preprocessing is inside
     split = data.load_dataset(str(flowers_dir), image_size=96, per_class=10, test_per_class=6, seed=0)
-    probs = model.predict(backbones.preprocess("efficientnet_lite0", split.test.images), verbose=0)
+    probs = model.predict(split.test.images, verbose=0)
     assert np.mean(probs.argmax(1) == split.test.labels) == pytest.approx(report["accuracy"])
 
 
@@ -85,6 +85,38 @@ def test_release_command_writes_student_notebooks(tmp_path):
     assert written and all(name[:2].isdigit() for name in written)
     for path in (tmp_path / "student").glob("*.ipynb"):
         assert "### BEGIN SOLUTION" not in path.read_text()
+
+
+def test_grade_command_warns_first_and_reports_an_unreadable_notebook(tmp_path, capsys):
+    folder = tmp_path / "submissions"
+    folder.mkdir()
+    (folder / "x.ipynb").write_text("")
+    out = tmp_path / "g" / "grades.csv"
+    assert cli.main(["grade", str(folder), "--csv", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert captured.err.startswith("warning: grading runs each student's notebook with your permissions")
+    assert "container" in captured.err.splitlines()[0]
+    assert captured.out.splitlines()[0].startswith("x.ipynb: ERROR cannot read x.ipynb")
+    assert out.read_text().splitlines()[1].startswith("x.ipynb,0,0,,cannot read x.ipynb")
+
+
+def test_grade_command_runs_the_source_checks_and_names_the_tampered_ones(tmp_path, capsys):
+    import nbformat
+
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(s) for s in ("x = 1", "# CHECK\nassert x == 1", "# CHECK\nassert x == 2")]
+    nb.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    nbformat.write(nb, tmp_path / "key.ipynb")
+    nb.cells[2].source = "# CHECK\npass"
+    (tmp_path / "in").mkdir()
+    nbformat.write(nb, tmp_path / "in" / "alice.ipynb")
+    assert cli.main(["grade", str(tmp_path / "in"), "--source", str(tmp_path / "key.ipynb")]) == 0
+    assert capsys.readouterr().out.splitlines() == ["alice.ipynb: 1/2 checks pass (failed: ex2 edited)"]
+
+
+def test_grade_refuses_a_csv_path_that_is_a_folder_before_running_anything(tmp_path, capsys):
+    assert cli.main(["grade", str(tmp_path), "--csv", str(tmp_path)]) == 2
+    assert capsys.readouterr().err.strip().startswith(f"error: --csv {tmp_path} is a folder")
 
 
 @pytest.mark.slow
@@ -189,6 +221,22 @@ def test_saved_model_predicts_with_its_own_class_names(tiny, tmp_path, capsys):
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == str(photo) and len(lines) == 3
     assert {line.split()[-1] for line in lines[1:]} == {"cat", "dog"}
+
+
+def test_train_exports_a_saved_model_for_serving(tiny, tmp_path, capsys):
+    import tensorflow as tf  # lazy: only this test loads a SavedModel
+
+    from course_utils import images, recipes
+
+    saved, served = tmp_path / "m.keras", tmp_path / "served"
+    assert cli.main([*TRAIN, "--data", str(tiny), "--method", "head", "--save", str(saved),
+                     "--export", str(served)]) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == f"SavedModel exported to {served}"
+    photo = images.decode_image(tiny / "test" / "dog" / "img01.jpg", 32)[None]
+    expected = recipes.predict_probabilities(recipes.load_model(saved)[0], photo, "efficientnet_lite0")
+    loaded = tf.saved_model.load(str(served))  # keep it: its variables live as long as this object
+    np.testing.assert_allclose(loaded.serve(tf.constant(photo)).numpy(), expected, atol=1e-5, rtol=0)
+    assert json.loads((served / recipes.SAVED_INFO).read_text())["classes"] == ["cat", "dog"]
 
 
 def test_predict_reports_bad_files_and_goes_on(tmp_path, capsys, photos):
@@ -300,3 +348,62 @@ def test_warnings_are_one_line_each(capsys, monkeypatch):
     monkeypatch.setattr(parser, "parse_args", lambda argv: type("A", (), {"func": staticmethod(command)})())
     assert cli.main(["demo"]) == 0
     assert capsys.readouterr().err == "warning: per_class=9, but 1 class has fewer images\n"
+
+
+# ------------------------------------------------------------------------------------------ recommend (H4)
+
+
+@pytest.fixture
+def bad_specs(tmp_path, image_tree) -> dict[str, str]:
+    (tmp_path / "empty").mkdir()
+    return {
+        "missing folder": str(tmp_path / "nope"),
+        "single class": str(image_tree({"cats": 2}, "single")),
+        "empty folder": str(tmp_path / "empty"),
+        "empty class": str(image_tree({"cats": 2, "dogs": 0}, "hollow")),
+        "unknown sklearn": "sklearn:iris",
+        "unknown tfds name": "tfds:no_such_dataset_xyz",
+    }
+
+
+@pytest.mark.parametrize("case", ["missing folder", "single class", "empty folder", "empty class",
+                                  "unknown sklearn", "unknown tfds name"])
+def test_recommend_bad_data_is_one_clean_error(case, bad_specs, capsys):
+    assert cli.main(["recommend", "--data", bad_specs[case]]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and "\n" not in err and "Traceback" not in err, err
+
+
+@pytest.mark.parametrize("args, message", [(["--per-class", "0"], "argument --per-class"),
+                                           (["--backbone", "no_such_net"], "unknown backbone"),
+                                           (["--verify", "--verify-seeds", "0"], "verify-seeds")])
+def test_recommend_bad_options_are_one_clean_error(args, message, capsys):
+    assert cli.main(["recommend", "--data", "sklearn:digits", *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("error: ") and message in err and "\n" not in err, err
+
+
+def test_recommend_json_alone_prints_only_the_json(image_tree, capsys):
+    root = image_tree({"train/cat": 6, "train/coffee": 6, "test/cat": 2, "test/coffee": 2}, "small")
+    assert cli.main(["recommend", "--data", str(root), "--size", "64", "--sample-per-class", "3", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["images_per_class"] == 6 and result["cell"]["data"] == "low"
+    assert result["chu_advice"] in {"freeze", "try both", "tune"} and result["advice"]
+    assert result["course_extension"]["label"] == "course extension (not in Chu et al.)"
+
+
+@pytest.mark.slow
+def test_recommend_prints_writes_json_and_verifies(image_tree, tmp_path, capsys):
+    root = image_tree({"train/cat": 6, "train/coffee": 6, "test/cat": 2, "test/coffee": 2}, "small")
+    out = tmp_path / "rec.json"
+    assert cli.main(["recommend", "--data", str(root), "--size", "64", "--sample-per-class", "3",
+                     "--json", str(out), "--verify", "--verify-size", "64", "--verify-seeds", "1",
+                     "--verify-steps", "4", "--test-per-class", "2"]) == 0
+    text = capsys.readouterr().out
+    for line in ("images per class: 6", "distance from ImageNet:", "Chu's Table 3 cell:", "x low data",
+                 "advice: ", "noise rule (", "Chu's advice ("):
+        assert line in text, text
+    result = json.loads(out.read_text())
+    assert result["images_per_class"] == 6 and 0 <= result["calibrated_distance"] <= 1
+    assert result["verify"]["comparison"]["test"] == "exact McNemar" and result["verify"]["steps"] == 4
+    assert set(result["verify"]["accuracy"]) == {"freeze", "tune"}

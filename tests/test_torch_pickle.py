@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import pickle
@@ -117,7 +118,13 @@ def test_real_checkpoint_reads_as_numpy():
     assert state["_bn0.num_batches_tracked"].dtype == np.int64
     weights = sum(v.size for k, v in state.items() if not k.endswith("num_batches_tracked"))
     assert weights == 4_694_024
-    assert all(np.isfinite(v).all() for v in state.values())
+    np.testing.assert_array_equal(state["_fc.bias"][:3], np.float32([0.03205391, -0.01598576, 0.005290735]))
+    assert int(state["_bn0.num_batches_tracked"]) == 0
+    digest = hashlib.sha256()
+    for key, value in state.items():  # every name and every value, byte for byte
+        digest.update(key.encode())
+        digest.update(np.ascontiguousarray(value).tobytes())
+    assert digest.hexdigest() == "e25da542990e6b1ce4cd820ccb21a860501df0bba2651bd20ca6cd708b021307"
 
 
 @pytest.mark.parametrize("keep", [0, 10, 200, 30_000, 47_200, -1000, -1])

@@ -1,4 +1,4 @@
-"""Training and evaluation (course_utils.training, features, recipes): rates, schedules, probes, reports."""
+"""Tests for course_utils.training (notebooks 01, 03, 04): per-layer rates (SGD, Adam), schedules, the step loop."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import keras
 import numpy as np
 import pytest
 
-from course_utils import features, recipes, training
+from course_utils import training
 from course_utils.data import ImageSet
 
 
@@ -74,85 +74,130 @@ def test_schedule_needs_exactly_one_budget():
         training.schedule(10, 2, None, None)
 
 
-def test_classification_report_counts():
-    rep = training.classification_report(np.array([0, 0, 1, 1, 2]), np.array([0, 1, 1, 1, 0]), ["a", "b", "c"])
-    assert rep["accuracy"] == pytest.approx(0.6)
-    assert rep["per_class_accuracy"] == {"a": 0.5, "b": 1.0, "c": 0.0}
-    assert rep["confusion_matrix"] == [[1, 1, 0], [0, 2, 0], [1, 0, 0]]
-    assert rep["n_test"] == 5
+def _one_step_moves(optimizer) -> tuple[np.ndarray, np.ndarray]:
+    model = _linear_model()
+    model.compile(optimizer=optimizer, loss="mse")
+    model.train_on_batch(np.ones((1, 3), "float32"), np.zeros((1, 1), "float32"))
+    return (1 - model.get_layer("pretrained").get_weights()[0], 1 - model.get_layer("head").get_weights()[0])
 
 
-@pytest.mark.parametrize("method, standardize", [("logreg", False), ("logreg", True), ("svm", False)])
-def test_probe_folds_into_one_dense_layer(method, standardize):
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(60, 8)).astype("float32") + np.repeat(np.eye(3, 8) * 3, 20, axis=0)
-    y = np.repeat(np.arange(3), 20)
-    probe = features.fit_probe(x, y, method, standardize=standardize)
-    kernel, bias = recipes.probe_to_dense(probe, 3)
-    logits = x @ kernel + bias
-    np.testing.assert_array_equal(logits.argmax(1), probe.predict(x))
-    if method == "logreg":
-        probs = np.exp(logits - logits.max(1, keepdims=True))
-        np.testing.assert_allclose(probs / probs.sum(1, keepdims=True), probe.predict_proba(x), atol=1e-4)
+def test_layerwise_adam_scales_each_layers_rate_exactly():
+    """Adam's first step moves every weight by about lr (its update is m/sqrt(v) ~ sign of the gradient)."""
+    pretrained, head = _one_step_moves(training.LayerwiseAdam(0.01, multipliers={"pretrained": 0.1}))
+    plain_pretrained, plain_head = _one_step_moves(keras.optimizers.Adam(0.01))
+    np.testing.assert_allclose(pretrained, 0.1 * plain_pretrained, rtol=1e-5)
+    np.testing.assert_allclose(head, plain_head, rtol=1e-6)
+    np.testing.assert_allclose(plain_head, 0.01, rtol=1e-3)
 
 
-def test_choose_c_uses_training_folds_only():
-    rng = np.random.default_rng(1)
-    x = rng.normal(size=(30, 5))
-    y = np.repeat(np.arange(3), 10)
-    assert features.choose_c(x, y) in (0.01, 0.1, 1.0, 10.0)
-    with pytest.raises(ValueError, match="2 classes"):
-        features.fit_probe(x, np.zeros(30, int))
+def test_make_optimizer_builds_adam_and_schedules():
+    model = _linear_model("stem_conv", "head")
+    assert type(training.make_optimizer(model, 0.001, kind="adam")) is keras.optimizers.Adam
+    adam = training.make_optimizer(model, 0.001, backbone_lr=0.0002, kind="adam")
+    assert isinstance(adam, training.LayerwiseAdam) and adam.multipliers == {"stem_conv": pytest.approx(0.2)}
+    stepped = training.make_optimizer(model, 0.1, schedule=training.Schedule("step", 0.1, 10), steps=30)
+    assert stepped.get_config()["learning_rate"]["class_name"] == "ExponentialDecay"  # Caffe's step, staircase
+    with pytest.raises(ValueError, match="optimizer must be one of"):
+        training.make_optimizer(model, 0.1, kind="rmsprop")
 
 
-def _tiny_set(images, labels, prefix):
-    return ImageSet(images, labels, ["a", "b"], [f"{prefix}{i}" for i in range(len(labels))])
+def test_step_decay_is_caffes_step_policy():
+    rate = training.Schedule("step", gamma=0.1, stepsize=10).rate(0.1, 30)
+    values = [float(rate(step)) for step in (0, 9, 10, 19, 20, 29)]
+    np.testing.assert_allclose(values, [0.1, 0.1, 0.01, 0.01, 0.001, 0.001], rtol=1e-6)
+    default = training.Schedule("step").rate(0.1, 30)  # stepsize: a third of the steps
+    np.testing.assert_allclose([float(default(9)), float(default(10))], [0.1, 0.01], rtol=1e-6)
 
 
-def test_feature_cache_is_keyed_by_the_exact_image_list(lite0_64, tmp_path, monkeypatch):
-    monkeypatch.setenv("COURSE_CACHE", str(tmp_path))
-    rng = np.random.default_rng(0)
-    imgs = rng.integers(0, 255, size=(4, 64, 64, 3), dtype=np.uint8)
-    first = features.extract_features(_tiny_set(imgs, np.array([0, 0, 1, 1]), "x"), model=lite0_64)
-    assert first.shape == (4, 1280) and len(list((tmp_path / "features").glob("*.npz"))) == 1
-    again = features.extract_features(_tiny_set(imgs, np.array([0, 0, 1, 1]), "x"), model=lite0_64)
-    np.testing.assert_array_equal(first, again)
-    assert len(list((tmp_path / "features").glob("*.npz"))) == 1  # a cache hit, no new file
-    features.extract_features(_tiny_set(imgs[:3], np.array([0, 0, 1]), "x"), model=lite0_64)
-    assert len(list((tmp_path / "features").glob("*.npz"))) == 2  # another image list, another entry
-    fused = features.extract_features(_tiny_set(imgs, np.array([0, 0, 1, 1]), "x"), model=lite0_64,
-                                      layers=["block6a_expand_activation", "avg_pool"])
-    assert fused.shape == (4, lite0_64.get_layer("block6a_expand_activation").output.shape[-1] + 1280)
+def test_cosine_warms_up_linearly_then_decays_to_zero():
+    rate = training.Schedule("cosine", warmup=10).rate(0.1, 110)
+    values = [float(rate(step)) for step in (0, 5, 10, 60, 110)]
+    np.testing.assert_allclose(values, [0.0, 0.05, 0.1, 0.05, 0.0], atol=1e-7)
+    assert training.Schedule().rate(0.1, 100) == 0.1
 
 
-def test_recipe_rejects_unknown_method():
-    with pytest.raises(ValueError, match="Unknown method"):
-        recipes.Recipe(method="magic")
+def test_scheduled_sgd_follows_the_schedule_per_step():
+    model = _linear_model()
+    model.compile(optimizer=training.make_optimizer(model, 0.1, schedule=training.Schedule("step", 0.5, 1),
+                                                   momentum=0.0, steps=3), loss="mse")
+    rates = []
+    for _ in range(3):
+        rates.append(float(model.optimizer.learning_rate))
+        model.train_on_batch(np.ones((1, 3), "float32"), np.zeros((1, 1), "float32"))
+    np.testing.assert_allclose(rates, [0.1, 0.05, 0.025], rtol=1e-6)
 
 
-@pytest.mark.parametrize("method", ["logreg", "head", "finetune"])
-def test_recipes_learn_flowers(flowers_dir, method):
-    """Every method beats chance (0.2) clearly on 10 photos per class at 96 px."""
-    from course_utils.data import load_dataset
-
-    split = load_dataset(str(flowers_dir), image_size=96, per_class=10, test_per_class=10, seed=0)
-    model, report = recipes.run(split, recipes.Recipe(method=method, epochs=1 if method == "finetune" else None))
-    assert report["n_train"] == 50 and report["n_test"] == 50
-    assert report["accuracy"] > 0.5, report
-    assert model.outputs[0].shape[-1] == 5
+def test_reset_optimizer_zeroes_state_and_sets_the_rate():
+    model = _linear_model()
+    training.compile_classifier(model, 0.1)
+    model.train_on_batch(np.ones((2, 3), "float32"), np.array([0, 0]))
+    training.reset_optimizer(model.optimizer, 0.02)
+    assert int(model.optimizer.iterations) == 0 and float(model.optimizer.learning_rate) == pytest.approx(0.02)
+    assert all(not np.any(np.array(v)) for v in model.optimizer.variables if v.name != "learning_rate")
 
 
-def test_non_finite_losses_or_outputs_are_a_divergence_not_an_accuracy(photos):
-    """Issue 13: a diverged run has no accuracy (``recipes.run`` and the sweep store report it as diverged)."""
-    training.check_finite([0.7, 0.5], "the loss")  # finite: nothing happens
-    with pytest.raises(training.DivergedError, match=r"the loss became nan \(at 2 of 3\); lower the learning rate"):
-        training.check_finite([0.7, float("nan"), 0.1], "the loss")
-    head = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, activation="softmax")])
-    head.layers[0].set_weights([np.full((3, 2), np.inf, "float32"), np.zeros(2, "float32")])
-    images = ImageSet(np.ones((2, 3)), np.array([0, 1]), ["a", "b"], ["x", "y"])
-    with pytest.raises(training.DivergedError, match="the model's outputs on the test images became nan"):
-        training.evaluate(head, images, None)
-    report = training.diverged_report(["a", "b"], 2, "why")
-    assert report["diverged"] is True and report["accuracy"] is None
-    with pytest.raises(ValueError, match="positive and finite"):
-        training.make_optimizer(head, float("nan"))
+def test_batch_order_is_seeded_whole_permutations():
+    order = training.batch_order(5, 2, 6, seed=3)
+    assert order.shape == (6, 2)
+    flat = order.ravel()
+    assert sorted(flat[:5]) == sorted(flat[5:10]) == [0, 1, 2, 3, 4]
+    np.testing.assert_array_equal(order, training.batch_order(5, 2, 6, seed=3))
+    assert not np.array_equal(order, training.batch_order(5, 2, 6, seed=4))
+    assert training.batch_order(3, 8, 2, 0).shape == (2, 3)  # a batch is at most the whole set
+    assert training.batch_order(3, 2, 0, 0).shape == (0, 2)
+
+
+def test_fit_steps_history_means_each_chunk_and_calls_back():
+    model = _linear_model()
+    model.compile(optimizer=keras.optimizers.SGD(0.0), loss="mse", metrics=["accuracy"])  # rate 0: output 9, loss 81
+    x, y = np.ones((4, 3), "float32"), np.zeros(4, "float32")
+    history = training.fit_steps(model, x, y, training.batch_order(4, 2, 5, 0), every=2,
+                                 on_chunk=lambda step: {"val_step": step}, first_step=10)
+    assert history == {"step": [12, 14, 15], "loss": [81.0, 81.0, 81.0], "accuracy": [0.0, 0.0, 0.0],
+                       "val_step": [12.0, 14.0, 15.0]}
+
+
+def test_fit_steps_stops_at_the_first_non_finite_loss():
+    model = _linear_model()
+    model.compile(optimizer=keras.optimizers.SGD(1e30), loss="mse", metrics=["accuracy"])
+    x, y = np.ones((4, 3), "float32"), np.zeros(4, "float32")
+    history = training.fit_steps(model, x, y, training.batch_order(4, 2, 50, 0))
+    assert len(history["loss"]) < 50 and not np.isfinite(history["loss"][-1])
+    assert all(np.isfinite(history["loss"][:-1]))
+
+
+def test_fit_steps_augments_uint8_batches_before_preprocessing():
+    seen = []
+    model = keras.Sequential([keras.Input((4, 4, 3)), keras.layers.Flatten(), keras.layers.Dense(2, name="head")])
+    model.compile(optimizer=keras.optimizers.SGD(0.0), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    images = np.arange(2 * 4 * 4 * 3, dtype="uint8").reshape(2, 4, 4, 3)
+    training.fit_steps(model, images, np.array([0, 1]), np.array([[0, 1]]),
+                       preprocess=lambda b: seen.append(b) or b, augment_seed=5)
+    from course_utils.pipelines import augment
+
+    np.testing.assert_array_equal(seen[0], augment(images, (5, 11, 0)))
+
+
+def test_train_fits_an_image_set_the_keras_way():
+    model = keras.Sequential([keras.Input((4, 4, 3)), keras.layers.Flatten(), keras.layers.Dense(2, activation="softmax",
+                                                                                              name="head")])
+    images = ImageSet(np.zeros((6, 4, 4, 3), "uint8"), np.array([0, 1] * 3), ["a", "b"], [str(i) for i in range(6)])
+    history = training.train(model, images, None, lr=0.01, epochs=2, batch_size=4, val_set=images)
+    assert set(history.history) == {"loss", "accuracy", "val_loss", "val_accuracy"}
+    assert len(history.history["loss"]) == 2
+
+
+def test_relative_change():
+    before = [np.ones((2, 2)), np.zeros(3)]
+    assert training.relative_change(before, before) == 0.0
+    after = [np.ones((2, 2)) * 2, np.zeros(3)]
+    assert training.relative_change(before, after) == pytest.approx(1.0)
+    assert np.isnan(training.relative_change([np.zeros(2)], [np.ones(2)]))
+
+
+def test_fit_arrays_makes_whole_passes_for_about_the_asked_steps():
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2, activation="softmax", name="head")])
+    history = training.fit_arrays(model, np.ones((18, 3), "float32"), np.zeros(18, int), lr=0.01, steps=6,
+                                  batch_size=6)
+    assert len(history.history["loss"]) == 2  # 18 examples, 6 per batch: 3 steps a pass, 2 passes
+    assert isinstance(model.optimizer, keras.optimizers.SGD)

@@ -2,18 +2,17 @@
 
 Explained in notebook ``01_why_finetune`` (Maybury 2015, Table 1: a network trained from scratch on a small
 target set does far worse than a fine-tuned pretrained one). The model takes uint8-range RGB images and
-scales them itself (a ``Rescaling`` layer), so pass ``preprocess=None`` to ``training.train`` /
-``training.evaluate``. Layers are named like the other backbones' blocks (``block1_conv``, ...,
-``avg_pool``, ``head``), so ``surgery.freeze`` and ``training.make_optimizer`` treat it like any backbone.
+scales them itself (a ``Rescaling`` layer), so give it raw images with no backbone preprocessing. Layers
+are named like the other backbones' blocks (``block1_conv``, ..., ``avg_pool``, ``head``), so
+``surgery.freeze`` and ``training.make_optimizer`` treat it like any backbone.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
+from course_utils.blocks import HEAD_NAME
 from course_utils.quiet import keras
-
-from course_utils.surgery import HEAD_NAME
 
 
 def small_cnn(input_size: int, num_classes: int, widths: Sequence[int] = (16, 32, 64, 128),
