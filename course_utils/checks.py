@@ -17,7 +17,9 @@ import os
 import re
 import tempfile
 from pathlib import Path
-from typing import IO, Any, Callable, Iterator
+from typing import IO, Any, Callable, Iterable, Iterator, Mapping
+
+import yaml
 
 __all__ = [
     "UsageError", "as_bool", "as_float", "as_int", "as_list", "as_name", "as_text", "atomic_file", "number",
@@ -233,3 +235,40 @@ def write_json(path: str | os.PathLike, value: Any) -> Path:
     with atomic_file(path, encoding="utf-8") as handle:
         handle.write(text + "\n")
     return Path(path)
+
+
+def _parse_text(text: str, path: Path) -> Any:
+    """YAML or JSON text; a syntax error names the file, the line and the column."""
+    if path.suffix == ".json":
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as err:
+            raise UsageError(f"{path}: not valid JSON ({err.msg} at line {err.lineno}, column "
+                             f"{err.colno}); fix it there") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or type(err).__name__
+        raise UsageError(f"{path}: not valid YAML ({problem}{at}); check the indentation, colons "
+                         "and quotes there") from None
+
+
+def read_mapping(source: str | os.PathLike | Mapping[str, Any], what: str, keys: Iterable[str],
+                 examples: str) -> tuple[dict, str]:
+    """A YAML/JSON file (or a dict) that must hold a mapping, and where it came from, for error messages
+    (``runs.load_config``, notebook 07_experiments). ``keys`` are named when the file holds something else."""
+    if isinstance(source, Mapping):
+        return dict(source), "<dict>"
+    path = Path(source)
+    if not path.is_file():
+        raise FileNotFoundError(f"no {what} file {path} ({examples})")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise UsageError(f"{path}: not a text file (not UTF-8); a {what} is YAML or JSON") from None
+    raw = _parse_text(text, path)
+    if not isinstance(raw, dict):
+        raise ValueError(f"{path}: a {what} is a mapping of keys ({', '.join(keys)})")
+    return raw, str(path)

@@ -273,3 +273,21 @@ def mean_confusion(rows: Iterable[Mapping]) -> dict:
     cm = np.sum([np.asarray(r["confusion_matrix"]) for r in rows], axis=0)
     return {"confusion_matrix": cm.tolist(), "classes": rows[0]["classes"],
             "accuracy": float(np.trace(cm) / max(cm.sum(), 1))}
+
+
+def correct(rows: Iterable[Mapping]) -> np.ndarray:
+    """Per-image correctness of runs that differ only by seed, ``(n_seeds, n_images)`` sorted by seed: the
+    input of ``evaluation.compare`` (notebook 07_experiments, docs/findings.md). Every row must cover the same
+    test images in the same order; a diverged run (no predictions) counts every image as wrong."""
+    rows = sorted(rows, key=lambda row: row["run"]["seed"])
+    if not rows:
+        raise ValueError("no rows to compare: check the filters passed to select()")
+    ids = rows[0].get("test_ids")
+    out = []
+    for row in rows:
+        if "test_labels" not in row or row.get("test_ids") != ids:
+            raise ValueError(f"run {row['id']} has no per-image test labels, or other test images than run "
+                             f"{rows[0]['id']}: rerun the sweep with this version of course_utils")
+        predictions = row.get("predictions") or [-1] * len(row["test_labels"])
+        out.append(np.asarray(predictions) == np.asarray(row["test_labels"]))
+    return np.asarray(out)

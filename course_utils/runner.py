@@ -135,8 +135,8 @@ class Runner:
     # ---- one run
     def run(self, run: RunSpec, split: data.Split | None = None, history: int = 0, measure: bool = False) -> dict:
         """Train and evaluate ``run`` (on ``split``, default: the run's own data): a report with accuracy,
-        per_class_accuracy, confusion_matrix, classes, n_test, predictions and test_ids (per test image, for
-        ``evaluation.compare``), n_train, n_val, val_accuracy (with a validation split), train_loss,
+        per_class_accuracy, confusion_matrix, classes, n_test, predictions, test_ids and test_labels (per test
+        image, for ``evaluation.compare`` through ``results.correct``), n_train, n_val, val_accuracy (with a validation split), train_loss,
         train_accuracy, seconds and path; ``history`` > 0 adds the learning curve every that many steps,
         ``measure`` adds ``bn_drift`` and per-block ``weight_change`` (notebooks ``03``, ``04``)."""
         self.reset_weights()
@@ -156,7 +156,8 @@ class Runner:
         finally:
             self.reset_weights()
         val = getattr(split, "val", None)
-        report.update(out, test_ids=list(split.test.ids), n_train=int(len(split.train.labels)),
+        report.update(out, test_ids=list(split.test.ids), test_labels=[int(y) for y in split.test.labels],
+                      n_train=int(len(split.train.labels)),
                       n_val=0 if val is None else int(len(val.labels)), seconds=round(time.perf_counter() - start, 3))
         return report
 

@@ -23,8 +23,6 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-import yaml
-
 from course_utils import checks, settings
 from course_utils.training import OPTIMIZERS, Schedule
 
@@ -273,43 +271,9 @@ def _grid(raw: Mapping[str, Any], base: Mapping[str, list], where: str) -> dict[
     return grid
 
 
-def _parse_text(text: str, path: Path) -> Any:
-    """YAML or JSON text; a syntax error names the file, the line and the column."""
-    if path.suffix == ".json":
-        try:
-            return json.loads(text)
-        except json.JSONDecodeError as err:
-            raise checks.UsageError(f"{path}: not valid JSON ({err.msg} at line {err.lineno}, column "
-                                    f"{err.colno}); fix it there") from None
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        problem = getattr(err, "problem", None) or type(err).__name__
-        raise checks.UsageError(f"{path}: not valid YAML ({problem}{at}); check the indentation, colons "
-                                "and quotes there") from None
-
-
-def _read_raw(source: str | os.PathLike | Mapping[str, Any]) -> tuple[dict, str]:
-    if isinstance(source, Mapping):
-        return dict(source), "<dict>"
-    path = Path(source)
-    if not path.is_file():
-        raise FileNotFoundError(f"no config file {path} (see configs/ for examples)")
-    try:
-        text = path.read_text(encoding="utf-8")
-    except UnicodeDecodeError:
-        raise checks.UsageError(f"{path}: not a text file (not UTF-8); a config is YAML or JSON") from None
-    raw = _parse_text(text, path)
-    if not isinstance(raw, dict):
-        raise ValueError(f"{path}: a config is a mapping of keys ({', '.join(CONFIG_KEYS)})")
-    return raw, str(path)
-
-
 def load_config(source: str | os.PathLike | Mapping[str, Any], data: str | None = None) -> SweepConfig:
     """Read and check a YAML/JSON config (or a dict); ``data`` overrides its dataset (``--data``)."""
-    raw, where = _read_raw(source)
+    raw, where = checks.read_mapping(source, "config", CONFIG_KEYS, "see configs/ for examples")
     unknown = set(raw) - set(CONFIG_KEYS)
     if unknown:
         allowed = "\n".join(f"  {k}: {v}" for k, v in CONFIG_KEYS.items())

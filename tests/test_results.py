@@ -104,3 +104,16 @@ def test_make_row_and_results_path(tmp_path, monkeypatch):
     assert results.default_results_path(config) == tmp_path / "results" / "plain.jsonl"
     with pytest.raises(ValueError, match="must be a plain name"):
         results.default_results_path(replace(config, name="../../x"))
+
+
+def test_correct_pairs_seeds_and_images_and_counts_a_diverged_run_wrong():
+    def row(seed, predictions, ids=("a", "b", "c")):
+        return {"id": f"r{seed}", "run": {"seed": seed}, "predictions": predictions, "test_ids": list(ids),
+                "test_labels": [0, 1, 1]}
+
+    got = results.correct([row(1, [0, 0, 1]), row(0, [0, 1, 1]), row(2, None)])
+    np.testing.assert_array_equal(got, [[1, 1, 1], [1, 0, 1], [0, 0, 0]])  # sorted by seed; diverged: all wrong
+    with pytest.raises(ValueError, match="other test images"):
+        results.correct([row(0, [0, 1, 1]), row(1, [0, 1, 1], ids=("a", "b", "d"))])
+    with pytest.raises(ValueError, match="no rows"):
+        results.correct([])
