@@ -14,17 +14,18 @@ uint8 images and loads without ``course_utils`` (notebook ``09_capstone``).
 from __future__ import annotations
 
 import json
+import logging
 import os
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from course_utils.quiet import keras
 import numpy as np
 
 from course_utils import backbones, evaluation, features, surgery, training
 from course_utils.blocks import block_names
 from course_utils.data import Split
+from course_utils.quiet import keras
 from course_utils.settings import seed_everything
 
 METHODS = ("svm", "logreg", "head", "finetune")
@@ -199,7 +200,13 @@ def export_saved_model(model: keras.Model, path, classes: list[str], backbone: s
     probabilities, with no Keras and no ``course_utils``; ``course_utils.json`` beside it names the classes.
     """
     path = Path(path)
-    exportable(model, backbone).export(str(path), format="tf_saved_model", verbose=False)
+    tf_log = logging.getLogger("tensorflow")  # TensorFlow logs "INFO:tensorflow:Assets written to ..." here
+    level = tf_log.level
+    tf_log.setLevel(logging.ERROR)
+    try:
+        exportable(model, backbone).export(str(path), format="tf_saved_model", verbose=False)
+    finally:
+        tf_log.setLevel(level)
     (path / SAVED_INFO).write_text(_info(classes, backbone), encoding="utf-8")
     return path
 
