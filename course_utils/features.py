@@ -2,71 +2,56 @@
 
 Explained in notebook ``05_bottleneck_features`` (F. Yu 2016: with few images per class, features of the
 frozen network plus a linear SVM are a strong baseline; Pittaras et al. 2017: fusing several layers).
-The cache key covers the backbone, its weights, the layer, the preprocessing, the image size and the exact
-list of image ids, so a changed sample or layer never reuses stale features.
+Features come from the one ``activations.ActivationCache``, whose key covers the backbone, its weights, the
+layer, the preprocessing, the image size and the exact list of image ids.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 from typing import Sequence
 
 import numpy as np
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import StratifiedKFold, cross_val_score
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+from sklearn.svm import LinearSVC
+from threadpoolctl import threadpool_limits
 
-from course_utils import backbones, evaluation
-from course_utils import cache as array_cache
-from course_utils.data import ImageSet
+from course_utils import backbones
+from course_utils.activations import POOLED, ActivationCache, boundary_output
+from course_utils.blocks import feature_layer
+from course_utils.data import ImageSet, stratified_sample
 from course_utils.quiet import keras
-from course_utils.settings import cache_dir
 
 
 def feature_extractor(model: keras.Model, layers: Sequence[str] | str | None = None) -> keras.Model:
-    """A model that outputs the pooled activations of ``layers`` (default: the penultimate pooled layer).
-
-    Spatial (4-D) outputs are global-average-pooled; several layers are concatenated (Pittaras' fusion).
-    """
-    names = [layers] if isinstance(layers, str) else list(layers or [backbones.feature_layer(model)])
-    outputs = []
-    for name in names:
-        out = model.get_layer(name).output
-        if len(out.shape) == 4:
-            out = keras.layers.GlobalAveragePooling2D(name=f"{name}_gap")(out)
-        outputs.append(out)
+    """A model that outputs the pooled activations of ``layers`` (default: the penultimate pooled layer),
+    notebook ``05_bottleneck_features``. Spatial (4-D) outputs are global-average-pooled; several layers
+    are concatenated (Pittaras' fusion)."""
+    names = [layers] if isinstance(layers, str) else list(layers or [feature_layer(model)])
+    outputs = [boundary_output(model, f"{POOLED}{name}") for name in names]
     merged = outputs[0] if len(outputs) == 1 else keras.layers.Concatenate(name="fused")(outputs)
     return keras.Model(model.inputs, merged, name=f"{model.name}_features")
 
 
-def cache_key(backbone: str, weights: str, layers: Sequence[str], image_size: int,
-              ids: Sequence[str]) -> str:
-    """A short hash of everything the features depend on."""
-    blob = json.dumps({"backbone": backbone, "weights": weights, "layers": list(layers),
-                       "preprocess": backbones.preprocessing_name(backbone), "size": image_size,
-                       "ids": list(ids)}, sort_keys=True)
-    return hashlib.sha256(blob.encode()).hexdigest()[:20]
-
-
 def extract_features(images: ImageSet, backbone: str = "efficientnet_lite0", layers: Sequence[str] | str | None = None,
-                     weights: str = "imagenet", model: keras.Model | None = None, batch_size: int = 64,
+                     weights: str = "imagenet", model: keras.Model | None = None,
                      cache: bool = True) -> np.ndarray:
-    """Pooled features of every image, ``(N, D)`` float32, read from the on-disk cache when present.
+    """Pooled features of every image, ``(N, D)`` float32 (notebook ``05_bottleneck_features``).
 
-    Pass ``model`` to reuse an already-loaded backbone; otherwise it is loaded with ``load_backbone``.
-    The cache (``course_utils.cache``) verifies itself: a damaged or mismatched file is reported, deleted
-    and computed again.
+    ``layers`` (default: the pooled penultimate layer) are global-average-pooled when spatial and
+    concatenated (Pittaras' fusion). Pass ``model`` to reuse an already-loaded backbone. They come from the
+    one :class:`activations.ActivationCache` (on disk when ``cache``): the penultimate features are the
+    same entry the Runner's frozen-head runs use, so they are computed and stored once.
     """
     size = int(images.images.shape[1])
-    layer_list = [layers] if isinstance(layers, str) else list(layers or [])
-
-    def compute() -> np.ndarray:
-        extractor = feature_extractor(model or backbones.load_backbone(backbone, weights=weights, input_size=size),
-                                      layer_list or None)
-        return evaluation.predict(extractor, images.images, backbones.get_preprocess(backbone), batch_size=batch_size)
-
-    if not cache:
-        return compute()
-    key = cache_key(backbone, str(weights), layer_list or ["<penultimate>"], size, images.ids)
-    return array_cache.cached(cache_dir("features") / f"{backbone}-{key}.npz", key, compute)
+    model = model or backbones.load_backbone(backbone, weights=weights, input_size=size)
+    store = ActivationCache(model, backbones.get_preprocess(backbone), backbone, str(weights), size, disk=cache)
+    names = [layers] if isinstance(layers, str) else list(layers or [])
+    boundaries = store.register(*(f"{POOLED}{name}" for name in names)) if names else [feature_layer(model)]
+    parts = [store.get(images, b) for b in boundaries]
+    return parts[0] if len(parts) == 1 else np.concatenate(parts, axis=1)
 
 
 def make_probe(method: str = "logreg", C: float = 1.0, seed: int = 0, standardize: bool = False):
@@ -75,11 +60,6 @@ def make_probe(method: str = "logreg", C: float = 1.0, seed: int = 0, standardiz
     Pooled ReLU6 features already share one scale, so by default they go in raw; ``standardize=True`` puts
     a ``StandardScaler`` first (in our flowers runs it hurt by about one point: it amplifies noisy channels).
     """
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-    from sklearn.svm import LinearSVC
-
     if method == "svm":
         clf = LinearSVC(C=C, random_state=seed, max_iter=10000)
     elif method == "logreg":
@@ -106,8 +86,6 @@ def fit_probe(features: np.ndarray, labels: np.ndarray, method: str = "logreg", 
 def choose_c(features: np.ndarray, labels: np.ndarray, method: str = "logreg", seed: int = 0,
              standardize: bool = False, grid: Sequence[float] = (0.01, 0.1, 1.0, 10.0)) -> float:
     """The C with the best 3-fold cross-validated accuracy on the training features."""
-    from sklearn.model_selection import StratifiedKFold, cross_val_score
-
     folds = min(3, int(np.bincount(labels).min()))
     if folds < 2:
         return 1.0
@@ -126,13 +104,9 @@ def probe_sweep(train_features: np.ndarray, train_labels: np.ndarray, test_featu
     classifier on the features").
 
     The ``n`` images are ``data.stratified_sample(train_labels, n, seed)``, the same subsets
-    ``training.per_class_finetune_sweep`` uses. Returns ``{method: accuracies}`` with ``accuracies[i][j]``
+    ``studies.per_class_finetune_sweep`` uses. Returns ``{method: accuracies}`` with ``accuracies[i][j]``
     for ``per_class[i]`` and ``seeds[j]``, the format of ``plots.sweep_curve``.
     """
-    from threadpoolctl import threadpool_limits
-
-    from course_utils.data import stratified_sample
-
     out: dict[str, list[list[float]]] = {m: [] for m in methods}
     # one BLAS thread: these fits are small, and BLAS threads competing with TensorFlow's make them far slower
     with threadpool_limits(1):
@@ -147,3 +121,39 @@ def probe_sweep(train_features: np.ndarray, train_labels: np.ndarray, test_featu
             for method in methods:
                 out[method].append(scores[method])
     return out
+
+
+# --------------------------------------------------------------------------------------------------
+# Pittaras et al. 2017: late fusion of per-layer classifiers (notebook 05_bottleneck_features)
+
+PITTARAS_LAYERS = ("block7a_project_bn", "avg_pool", "head")  # the last three layers of a replace_head model
+
+
+def layer_features(images: ImageSet, model: keras.Model, preprocess, layers: Sequence[str],
+                   name: str = "", cache: bool = False) -> list[np.ndarray]:
+    """Each layer's pooled output for every image, one ``(N, D_layer)`` array per layer, from ONE forward
+    pass of ``model`` (any model, e.g. a fine-tuned one) through an :class:`activations.ActivationCache`
+    (notebook ``05_bottleneck_features``). Unlike ``extract_features`` the layers stay separate, for
+    :func:`late_fusion_probe`. ``cache=True`` also stores them on disk, keyed by the weights' fingerprint."""
+    if not layers:
+        raise ValueError("name at least one layer, e.g. features.PITTARAS_LAYERS")
+    size = int(images.images.shape[1])
+    store = ActivationCache(model, preprocess, name or model.name, "", size, disk=cache)
+    boundaries = store.register(*(f"{POOLED}{layer}" for layer in layers))
+    return [store.get(images, b) for b in boundaries]
+
+
+def late_fusion_probe(train_parts: Sequence[np.ndarray], train_labels: np.ndarray,
+                      test_parts: Sequence[np.ndarray], C: float | str = 1.0, seed: int = 0,
+                      standardize: bool = False) -> tuple[np.ndarray, list[np.ndarray]]:
+    """Pittaras et al.'s late fusion (notebook ``05_bottleneck_features``): one ``LogisticRegression``
+    (``fit_probe``) per layer, each on its own layer's features, and the arithmetic mean of their predicted
+    probabilities. Returns ``(fused, per_layer)``: ``(n_test, n_classes)`` probabilities, and each layer's
+    own. Early fusion (``extract_features(..., layers=[...])``, concatenated features) is the other way."""
+    if not train_parts or len(train_parts) != len(test_parts):
+        raise ValueError(f"give one train and one test array per layer; got {len(train_parts)} train and "
+                         f"{len(test_parts)} test arrays")
+    with threadpool_limits(1):  # small fits: one BLAS thread, as in probe_sweep
+        per_layer = [fit_probe(tr, train_labels, "logreg", C=C, seed=seed, standardize=standardize).predict_proba(te)
+                     for tr, te in zip(train_parts, test_parts)]
+    return np.mean(per_layer, axis=0), per_layer

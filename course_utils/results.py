@@ -277,17 +277,18 @@ def mean_confusion(rows: Iterable[Mapping]) -> dict:
 
 def correct(rows: Iterable[Mapping]) -> np.ndarray:
     """Per-image correctness of runs that differ only by seed, ``(n_seeds, n_images)`` sorted by seed: the
-    input of ``evaluation.compare`` (notebook 07_experiments, docs/findings.md). Every row must cover the same
-    test images in the same order; a diverged run (no predictions) counts every image as wrong."""
-    rows = sorted(rows, key=lambda row: row["run"]["seed"])
+    input of ``evaluation.compare`` (notebooks 03, 07_experiments, docs/findings.md). ``rows``: stored rows,
+    or ``Runner.run`` reports (kept in the order given). Every row must cover the same test images in the
+    same order; a diverged run (no predictions) counts every image as wrong."""
+    rows = sorted(rows, key=lambda row: row.get("run", {}).get("seed", 0))
     if not rows:
         raise ValueError("no rows to compare: check the filters passed to select()")
     ids = rows[0].get("test_ids")
     out = []
     for row in rows:
         if "test_labels" not in row or row.get("test_ids") != ids:
-            raise ValueError(f"run {row['id']} has no per-image test labels, or other test images than run "
-                             f"{rows[0]['id']}: rerun the sweep with this version of course_utils")
+            raise ValueError(f"run {row.get('id', '')} has no per-image test labels, or other test images than "
+                             f"run {rows[0].get('id', '')}: rerun it with this version of course_utils")
         predictions = row.get("predictions") or [-1] * len(row["test_labels"])
         out.append(np.asarray(predictions) == np.asarray(row["test_labels"]))
     return np.asarray(out)

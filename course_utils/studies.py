@@ -168,7 +168,8 @@ def per_class_finetune_sweep(model: keras.Model, split: Split, preprocess: Prepr
 class LRSweepResult:
     """What ``lr_sweep`` measured, per base learning rate (outer lists) and seed (inner lists).
 
-    ``accuracy``: test accuracy (nan for a diverged run); ``final_loss``: last-epoch training loss (not
+    ``accuracy``: test accuracy (nan for a diverged run); ``val_accuracy``: on the split's validation images
+    (None without them; ``best_rate`` chooses on it); ``final_loss``: last-epoch training loss (not
     finite when training diverged); ``weight_change``: ``training.relative_change`` of the trained pretrained
     weights; ``diverged``: final loss not finite or above twice a uniform guess's (``2 ln N``);
     ``histories``: per rate, the first seed's ``loss`` and ``accuracy`` per epoch; ``start_accuracy``: test
@@ -183,6 +184,7 @@ class LRSweepResult:
         self.num_classes = int(num_classes)
         self.start_accuracy = float(start_accuracy)
         self.accuracy: list[list[float]] = []
+        self.val_accuracy: list[list[float | None]] = []
         self.final_loss: list[list[float]] = []
         self.weight_change: list[list[float]] = []
         self.diverged: list[list[bool]] = []
@@ -193,6 +195,7 @@ class LRSweepResult:
         """Record one rate's reports (one per seed)."""
         losses = [(r.get("history") or {}).get("loss") or [float("nan")] for r in reports]
         self.accuracy.append([float("nan") if r["accuracy"] is None else r["accuracy"] for r in reports])
+        self.val_accuracy.append([r.get("val_accuracy") for r in reports])
         self.final_loss.append([float(loss[-1]) for loss in losses])
         self.weight_change.append([(r.get("weight_change") or {}).get("all", float("nan")) for r in reports])
         self.diverged.append([bool(r.get("diverged") or not np.isfinite(loss[-1])
@@ -202,19 +205,29 @@ class LRSweepResult:
         self.reports.append(list(reports))
 
     def best_rate(self) -> float:
-        """The rate with the highest mean test accuracy (diverged runs count as 0)."""
-        return self.rates[int(np.argmax([np.mean(np.nan_to_num(a)) for a in self.accuracy]))]
+        """The rate with the highest mean validation accuracy (a diverged run counts as 0; ties: the smaller
+        rate). Choosing on the test set would make its number optimistic, so a split without validation data
+        is refused."""
+        if all(v is None for rate in self.val_accuracy for v in rate):
+            raise ValueError("no validation accuracy to choose a rate on: load the data with "
+                             "data.load_dataset(..., val_fraction=0.2); the test set is for the final number")
+        scores = [(np.mean([0.0 if d or v is None else v for v, d in zip(vals, div)]), -rate)
+                  for rate, vals, div in zip(self.rates, self.val_accuracy, self.diverged)]
+        return self.rates[max(range(len(scores)), key=scores.__getitem__)]
 
     def table(self) -> str:
-        """One line per rate: mean ± std test accuracy, final training loss, weight change, divergence."""
+        """One line per rate: mean validation accuracy (what ``best_rate`` chooses on), mean ± std test
+        accuracy, final training loss, weight change, divergence."""
         factor = ("one rate for all layers" if not self.backbone_factor
                   else f"pretrained layers at lr x {self.backbone_factor:g}")
         lines = [f"{factor}; starting point (untrained head): test accuracy {self.start_accuracy:.2f}",
-                 f"{'lr':>8}  {'test acc':>11}  {'final loss':>10}  {'weights moved':>13}  diverged"]
+                 f"{'lr':>8}  {'val acc':>7}  {'test acc':>11}  {'final loss':>10}  {'weights moved':>13}  diverged"]
         for i, rate in enumerate(self.rates):
             acc, loss, moved = np.mean(self.accuracy[i]), np.mean(self.final_loss[i]), np.mean(self.weight_change[i])
             spread = f"{acc:.2f} ± {np.std(self.accuracy[i]):.2f}"
-            lines.append(f"{rate:>8g}  {spread:>11}  {loss:>10.3g}  {moved * 100:>12.3g}%  "
+            known = [v for v in self.val_accuracy[i] if v is not None]
+            val = f"{np.mean(known):.2f}" if known else "-"
+            lines.append(f"{rate:>8g}  {val:>7}  {spread:>11}  {loss:>10.3g}  {moved * 100:>12.3g}%  "
                          f"{sum(self.diverged[i])}/{len(self.diverged[i])} seeds")
         return "\n".join(lines)
 

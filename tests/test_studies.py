@@ -107,7 +107,9 @@ def test_lr_sweep_restores_weights_and_flags_divergence(split):
     assert np.asarray(result.accuracy).shape == (2, 2)
     assert result.diverged == [[True, True], [False, False]] and np.isnan(result.accuracy[0]).all()
     assert len(result.histories) == 2 and len(result.histories[1]["loss"]) == 2  # per epoch
-    assert result.weight_change[1][0] > 0 and result.best_rate() == 1e-2
+    assert result.weight_change[1][0] > 0
+    with pytest.raises(ValueError, match="val_fraction"):  # no validation images: no choice on test
+        result.best_rate()
     assert 0.0 <= result.start_accuracy <= 1.0
     assert "2/2 seeds" in result.table()
     _assert_unchanged(start, model)
@@ -166,3 +168,15 @@ def test_fit_head_with_history_learns_separable_features():
     assert len(history["val_accuracy"]) == 5 and history["val_accuracy"][-1] == 1.0
     assert history["loss"][-1] < history["loss"][0]
     assert head.output.shape == (None, 3)
+
+
+def test_lr_sweep_chooses_the_rate_on_validation_not_test(split):
+    model = small_cnn(SIZE, 3, widths=(4, 6, 8), dropout=0.0, seed=0)
+    with_val = Split(split.train, split.test, split.spec, val=split.train.take(np.arange(6)))
+    result = studies.lr_sweep(model, with_val, identity, [1e20, 1e-2, 1e-9], train_last=2, epochs=2, seeds=[0],
+                              batch_size=6)["one rate"]
+    assert result.val_accuracy[0] == [None] and 0 <= result.val_accuracy[1][0] <= 1  # diverged: none
+    result.val_accuracy = [[0.9], [0.5], [0.5]]  # a diverged run never wins; a tie goes to the smaller rate
+    assert result.best_rate() == 1e-9
+    result.val_accuracy = [[0.1], [0.6], [0.5]]
+    assert result.best_rate() == 1e-2

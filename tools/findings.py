@@ -1,0 +1,193 @@
+"""Write docs/findings.md from the two findings sweeps: the papers' own words and numbers beside ours.
+
+    python -m course_utils sweep configs/findings_near.yaml --data ../shared/data/flowers_large
+    python -m course_utils sweep configs/findings_far.yaml --data ../shared/data/eurosat
+    python tools/findings.py [--near FILE] [--far FILE] [--out docs/findings.md]
+
+Every choice (the learning rate of each topology, per data size and domain) is made on the validation split
+(`val_accuracy`, the mean over seeds); the test set is read once, for the chosen run. Every verdict is the
+course's one noise rule, `evaluation.compare`, on the same test images with the seeds paired.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from course_utils import evaluation, results, runs
+
+ROOT = Path(__file__).resolve().parents[1]
+DOMAINS = {"near": "findings_near", "far": "findings_far"}
+FREEZE, TUNE, LAST2, SVM = "Freeze F(1-7)R(8)", "Tune T(1-7)R(8)", "last2", "svm"
+SIZES = (10, 50, 300)
+CHU_CELLS = {  # Chu et al. 2016, Table 3, verbatim; our near domain is "medium" distance, far is "high"
+    ("near", 10): "Try Freeze or Tune", ("near", 50): "Tune", ("near", 300): "Tune",
+    ("far", 10): "Try Freeze or Tune", ("far", 50): "Tune", ("far", 300): "Tune",
+}
+
+
+class NotRun(LookupError):
+    """A setting the stores do not hold yet: its row reads "not run yet"."""
+
+
+class Store:
+    """One domain's rows, by experiment (``runs.experiment_runs``), with validation-chosen runs."""
+
+    def __init__(self, domain: str, path: Path) -> None:
+        self.domain, self.rows = domain, results.load_results(path)
+        dataset = self.rows[0]["run"]["dataset"] if self.rows else None  # the sweep's --data
+        config = runs.load_config(ROOT / "configs" / f"{DOMAINS[domain]}.yaml", data=dataset)
+        ids = {row["id"] for row in self.rows}
+        self.experiments = {name: [r for r in self.rows if r["id"] in {run.identity for run in members}]
+                            for name, members in runs.experiment_runs(config).items()}
+        self.missing = sum(run.identity not in ids for run in runs.expand(config))
+
+    def pick(self, experiment: str, topology: str, **fixed: Any) -> list[dict]:
+        """The seeds' rows of the setting with the best mean validation accuracy over every lr (and steps) tried;
+        a tie goes to the smaller rate, then to the shorter run."""
+        rows = results.select(self.experiments.get(experiment, []), topology=topology, **fixed)
+        groups: dict[tuple, list[dict]] = {}
+        for row in rows:
+            groups.setdefault((row["run"]["lr"], row["run"]["steps"]), []).append(row)
+        if not groups:
+            raise NotRun(f"{self.domain}: no {topology} runs in {experiment} {fixed}")
+        val = {key: np.mean([r.get("val_accuracy") or 0.0 for r in group]) for key, group in groups.items()}
+        return groups[max(val, key=lambda key: (val[key], -(key[0] or 0), -(key[1] or 0)))]  # ties: the smaller rate
+
+    def compare(self, a: list[dict], b: list[dict], names: tuple[str, str]) -> evaluation.Comparison:
+        return evaluation.compare(results.correct(a), results.correct(b), names=names)
+
+
+def reproduce(domain: str, experiment: str) -> str:
+    """Which sweep and experiment a row comes from (the commands are at the top of the page)."""
+    return f"`{DOMAINS[domain]}.yaml`, `{experiment}`"
+
+
+def acc(rows: list[dict]) -> str:
+    """Mean test accuracy of the chosen rows and the rate chosen on validation."""
+    values = [r["accuracy"] if r["accuracy"] is not None else 0.0 for r in rows]
+    lr = rows[0]["run"]["lr"]
+    return f"{np.mean(values):.3f}" + (f" (lr {lr:g})" if lr is not None else "")
+
+
+def verdict(c: evaluation.Comparison) -> str:
+    return f"{c.verdict} (diff {c.diff:+.3f}, 95% CI [{c.ci_low:+.3f}, {c.ci_high:+.3f}], p = {c.p_value:.2g})"
+
+
+def chu_rows(stores: dict[str, Store]) -> list[list[str]]:
+    """Freeze vs Tune in each of the six cells we can fill (near = medium distance, far = high)."""
+    out = []
+    for (domain, n), entry in CHU_CELLS.items():
+        s = stores[domain]
+        try:
+            freeze, tune = s.pick("chu", FREEZE, per_class=n), s.pick("chu", TUNE, per_class=n)
+        except NotRun:
+            out.append([f"Chu Table 3, {domain} x {n}/class", f"**{entry}**", "not run yet", "", "", reproduce(domain, "chu")])
+            continue
+        c = s.compare(tune, freeze, ("Tune", "Freeze"))
+        agrees = {"Tune": c.verdict == "Tune better", "Freeze": c.verdict != "Tune better"}.get(entry, True)
+        out.append([f"Chu Table 3, {domain} x {n}/class", f"**{entry}**",
+                    f"Freeze {acc(freeze)}, Tune {acc(tune)}", verdict(c),
+                    "agrees" if agrees else ("not shown (within noise)" if not c.significant else "differs"),
+                    reproduce(domain, "chu")])
+    return out
+
+
+def pair_rows(stores, label, experiment, a, b, sizes=SIZES, **fixed) -> list[list[str]]:
+    """One row per domain and data size: ``a`` vs ``b``, each at its validation-chosen rate."""
+    out = []
+    for domain, s in stores.items():
+        for n in sizes:
+            try:
+                ra, rb = s.pick(experiment, a, per_class=n, **fixed), s.pick(experiment, b, per_class=n, **fixed)
+            except NotRun:
+                out.append([f"{label}, {domain} x {n}/class", "not run yet", "", "", reproduce(domain, experiment)])
+                continue
+            out.append([f"{label}, {domain} x {n}/class", f"{a} {acc(ra)}", f"{b} {acc(rb)}",
+                        verdict(s.compare(ra, rb, (a, b))), reproduce(domain, experiment)])
+    return out
+
+
+def rate_rows(stores: dict[str, Store], topology: str = TUNE) -> list[list[str]]:
+    """Each rate ``topology`` was tried at in the Chu grid: test and validation accuracy, and the choice."""
+    out = []
+    for domain, s in stores.items():
+        for n in SIZES:
+            rows = results.select(s.experiments.get("chu", []), topology=topology, per_class=n)
+            if not rows:
+                out.append([f"{domain} x {n}/class", "not run yet", "", reproduce(domain, "chu")])
+                continue
+            rates = sorted({r["run"]["lr"] for r in rows}, reverse=True)
+            tried = "; ".join(
+                f"lr {lr:g}: test {np.mean([r['accuracy'] or 0 for r in rows if r['run']['lr'] == lr]):.3f}, "
+                f"validation {np.mean([r.get('val_accuracy') or 0 for r in rows if r['run']['lr'] == lr]):.3f}"
+                for lr in rates)
+            chosen = s.pick("chu", topology, per_class=n)[0]["run"]["lr"]
+            out.append([f"{domain} x {n}/class", tried, f"{chosen:g}", reproduce(domain, "chu")])
+    return out
+
+
+def axis_rows(stores: dict[str, Store], experiment: str, axis: str, values: tuple, pairs) -> list[list[str]]:
+    """One row per domain: test accuracy at each value of ``axis``, the value validation picks (ties: the
+    smaller), and the noise rule on ``pairs(best)`` (Maybury's base-rate and iteration experiments)."""
+    out = []
+    for domain, s in stores.items():
+        by = {v: results.select(s.experiments.get(experiment, []), **{axis: v}) for v in values}
+        if not all(by.values()):
+            out.append([domain, "not run yet", "", "", reproduce(domain, experiment)])
+            continue
+        tests = ", ".join(f"{v:g}: {np.mean([r['accuracy'] or 0 for r in by[v]]):.3f}" for v in values)
+        best = max(values, key=lambda v: (np.mean([r.get("val_accuracy") or 0 for r in by[v]]), -v))
+        verdicts = [verdict(s.compare(by[a], by[b], (f"{a:g}", f"{b:g}"))) for a, b in pairs(best)]
+        out.append([domain, tests, f"{best:g}", "; ".join(verdicts) or "-", reproduce(domain, experiment)])
+    return out
+
+
+def table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    for domain, name in DOMAINS.items():
+        parser.add_argument(f"--{domain}", type=Path, default=ROOT / "data" / "results" / f"{name}.jsonl")
+    parser.add_argument("--out", type=Path, default=ROOT / "docs" / "findings.md")
+    args = parser.parse_args(argv)
+    stores = {domain: Store(domain, getattr(args, domain)) for domain in DOMAINS}
+    sections = {
+        "chu": table(["cell", "Chu's entry", "ours (test, rate chosen on validation)", "noise rule", "holds?", "reproduce"],
+                     chu_rows(stores)),
+        "tune_rates": table(["setting", "Tune at each rate (mean over seeds)", "chosen on validation", "reproduce"],
+                            rate_rows(stores)),
+        "all_vs_last2": table(["setting", "all layers", "last two blocks", "noise rule", "reproduce"],
+                              pair_rows(stores, "Maybury", "chu", TUNE, LAST2)),
+        "reinit": table(["setting", "re-initialised top 2", "copied top 2", "noise rule", "reproduce"],
+                        pair_rows(stores, "Chu Fig. 1", "chu", "reinit2", LAST2)),
+        "svm": table(["setting", "linear SVM", "last two blocks fine-tuned", "noise rule", "reproduce"],
+                     pair_rows(stores, "F. Yu", "chu", SVM, LAST2)),
+        "svm_tune": table(["setting", "linear SVM", "every layer fine-tuned (Tune)", "noise rule", "reproduce"],
+                          pair_rows(stores, "F. Yu", "chu", SVM, TUNE)),
+        "lr": table(["domain", "test accuracy by base rate", "best on validation", "best vs 0.0001", "reproduce"],
+                    axis_rows(stores, "maybury_lr", "lr", (0.1, 0.01, 0.001, 0.0001),
+                              lambda best: [(best, 0.0001)] if best != 0.0001 else [])),
+        "iterations": table(["domain", "test accuracy by iterations", "best on validation",
+                             "1000 vs 100; 3000 vs 1000", "reproduce"],
+                            axis_rows(stores, "maybury_iterations", "steps", (100, 300, 1000, 3000),
+                                      lambda best: [(1000, 100), (3000, 1000)])),
+        "pittaras": "\n\n".join(table(["setting", "extension", "plain head", "noise rule", "reproduce"],
+                                      pair_rows(stores, "Pittaras", "pittaras", ext, LAST2, sizes=(50,)))
+                                for ext in ("FT3-ex1-64", "FT3-ex1-512", "FT3-ex2-64")),
+        "missing": ", ".join(f"{d}: {s.missing}" for d, s in stores.items()),
+    }
+    template = (ROOT / "tools" / "findings_template.md").read_text(encoding="utf-8")
+    args.out.write_text(template.format(**sections), encoding="utf-8")
+    print(f"wrote {args.out} (runs missing from the stores: {sections['missing']})")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
