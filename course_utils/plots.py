@@ -6,14 +6,21 @@ notebooks can combine them. Used from notebook ``01_why_finetune`` on.
 
 from __future__ import annotations
 
+import io
 from typing import Mapping, Sequence
 
+import matplotlib.pyplot as plt
 import numpy as np
+from IPython.display import Image, display
+from sklearn.metrics import ConfusionMatrixDisplay
+
+from course_utils.advice import CHU_ADVICE, CHU_TABLE3, DATA_LEVELS
+from course_utils.domain import DISTANCE_LEVELS
+
+_ADVICE_COLOURS = {"freeze": "tab:blue", "try both": "tab:green", "tune": "tab:orange"}
 
 
 def _axes(ax=None, figsize=(5, 3.5)):
-    import matplotlib.pyplot as plt
-
     if ax is None:
         _, ax = plt.subplots(figsize=figsize)
     return ax
@@ -22,8 +29,6 @@ def _axes(ax=None, figsize=(5, 3.5)):
 def image_grid(images: np.ndarray, titles: Sequence[str] | None = None, cols: int = 6,
                colors: Sequence[str] | None = None, size: float = 1.8):
     """A grid of uint8 images with optional titles (e.g. "pred / true", red when wrong)."""
-    import matplotlib.pyplot as plt
-
     n = len(images)
     rows = max(1, int(np.ceil(n / cols)))
     fig, axes = plt.subplots(rows, cols, figsize=(cols * size, rows * size * 1.1))
@@ -74,9 +79,8 @@ def sweep_curve(x: Sequence[float], runs: Mapping[str, Sequence[Sequence[float]]
 
 def confusion_matrix(report: Mapping, ax=None, normalize: bool = True, title: str | None = None):
     """Draw ``report["confusion_matrix"]`` (from ``training.evaluate``) with scikit-learn's display."""
-    from sklearn.metrics import ConfusionMatrixDisplay
 
-    cm = np.asarray(report["confusion_matrix"], dtype=float)
+    cm = np.asarray(report["confusion_matrix"])  # counts stay integers: values_format "d" needs them
     if normalize:
         cm = cm / np.maximum(cm.sum(axis=1, keepdims=True), 1)
     ax = _axes(ax, figsize=(4.5, 4))
@@ -106,8 +110,6 @@ def class_grid(image_set, per_class: int = 4, seed: int = 0, size: float = 1.6):
     ``image_set`` is a ``data.ImageSet``; a class with fewer images shows what it has. Notebook ``00_setup``
     uses it to show what the data look like. Returns the figure.
     """
-    import matplotlib.pyplot as plt
-
     classes = list(image_set.classes)
     rng = np.random.default_rng(seed)
     fig, axes = plt.subplots(len(classes), per_class, figsize=(per_class * size, len(classes) * size),
@@ -176,33 +178,13 @@ def _first_label(ks: Sequence[int]) -> str:
     return "head only" if ks and ks[0] == 0 else f"{ks[0]} blocks"
 
 
-def per_layer(values: Mapping[str, Mapping[str, float]], ylabel: str, ax=None, logy: bool = False,
-              max_ticks: int = 12):
-    """One line per run of a number per layer (e.g. ``surgery.batchnorm_drift``), layers in model order
-    on the x axis (notebook ``04_freezing``)."""
-    ax = _axes(ax, figsize=(7, 3.5))
-    names: list[str] = []
-    for layer_values in values.values():
-        names += [n for n in layer_values if n not in names]
-    for label, layer_values in values.items():
-        ax.plot(range(len(names)), [layer_values.get(n, np.nan) for n in names], marker=".", label=label)
-    step = max(1, int(np.ceil(len(names) / max_ticks)))
-    ax.set_xticks(range(0, len(names), step), names[::step], rotation=60, ha="right", fontsize=7)
-    if logy:
-        ax.set_yscale("symlog", linthresh=1e-3)
-    ax.set_ylabel(ylabel)
-    ax.legend(fontsize=7)
-    ax.grid(alpha=0.3)
-    return ax
-
-
 def chu_grid(points: Mapping[str, Sequence[float]], ax=None):
     """Datasets on Chu et al.'s Table 3 grid (notebook ``08_domain_distance``).
 
     ``points[label] = (images per class, distance)`` or ``(images per class, distance, std over seeds)``.
-    x: images per class (log scale), y: distance from ImageNet; each cell is labelled with its advice.
+    x: images per class (log scale), y: calibrated distance from ImageNet (``domain.calibrated_distance``);
+    each cell is labelled with Table 3's entry, verbatim, and coloured by it (freeze, try both, tune).
     """
-    from course_utils.domain import CHU_TABLE, DATA_LEVELS, DISTANCE_LEVELS
 
     ax = _axes(ax, figsize=(6.5, 4.2))
     x_max = max([1000.0] + [2.0 * float(p[0]) for p in points.values()])
@@ -210,11 +192,11 @@ def chu_grid(points: Mapping[str, Sequence[float]], ax=None):
     y_edges = [0.0] + [upper for _, upper in DISTANCE_LEVELS[:-1]] + [1.0]
     for i, (d_level, _) in enumerate(DISTANCE_LEVELS):
         for j, (n_level, _) in enumerate(DATA_LEVELS):
-            advice = CHU_TABLE[(d_level, n_level)]
+            entry = CHU_TABLE3[(d_level, n_level)]
             ax.fill_between(x_edges[j:j + 2], y_edges[i], y_edges[i + 1], alpha=0.12, lw=0,
-                            color="tab:blue" if advice.topology == "freeze" else "tab:orange")
-            ax.text(np.sqrt(x_edges[j] * x_edges[j + 1]), y_edges[i + 1] - 0.02, advice.short, ha="center",
-                    va="top", fontsize=7, color="dimgray")
+                            color=_ADVICE_COLOURS[CHU_ADVICE[entry]])
+            ax.text(np.sqrt(x_edges[j] * x_edges[j + 1]), y_edges[i + 1] - 0.02, entry.replace(" or ", " or\n"),
+                    ha="center", va="top", fontsize=7, color="dimgray")
     for label, point in points.items():
         n, d = float(point[0]), float(point[1])
         ax.errorbar([n], [d], yerr=[float(point[2])] if len(point) > 2 else None, fmt="o", capsize=3)
@@ -236,8 +218,6 @@ def lr_sweep_curves(result, chance: float | None = None, figsize=(11, 3.6)):
     epoch (log scale; a diverged run climbs off the top or stops where the loss became nan) and training
     accuracy per epoch, one line per base learning rate (the first seed's run). Returns the figure.
     """
-    import matplotlib.pyplot as plt
-
     fig, (left, right) = plt.subplots(1, 2, figsize=figsize)
     for rate, hist in zip(result.rates, result.histories):
         loss = np.asarray(hist.get("loss", []), dtype=float)
@@ -265,12 +245,105 @@ def show_as_jpeg(fig, quality: int = 85) -> None:
     Grids of photos are several times smaller as JPEG than as the inline backend's PNG, which keeps the
     committed notebooks (outputs included) small; use it for photo grids, not for line plots.
     """
-    import io
-
-    import matplotlib.pyplot as plt
-    from IPython.display import Image, display
-
     buffer = io.BytesIO()
     fig.savefig(buffer, format="jpeg", dpi=fig.dpi, bbox_inches="tight", pil_kwargs={"quality": int(quality)})
     plt.close(fig)
     display(Image(data=buffer.getvalue(), format="jpeg"))
+
+
+# ----------------------------------------------------------------------------------------------------
+# Notebook 04_freezing: the two-phase learning curve, and values per layer drawn as bars
+
+
+def _history_dict(history) -> dict:
+    """A Keras ``History``'s ``.history``, or the mapping itself."""
+    return dict(getattr(history, "history", history))
+
+
+def _two_phase_series(head, tune) -> tuple[dict, np.ndarray, float | None, str]:
+    """(metric -> values, x, where the backbone was unfrozen or None, x label) of ``two_phase_curves``."""
+    first = _history_dict(head)
+    if tune is None:  # a Runner history: points every few steps, unfreeze_step where the head phase ended
+        x = np.asarray(first.get("step") or np.arange(1, len(first["loss"]) + 1), dtype=float)
+        boundary = first.get("unfreeze_step") or None
+        return first, x, boundary, "step"
+    second = _history_dict(tune)
+    keys = [k for k in ("loss", "accuracy", "val_loss", "val_accuracy") if k in first or k in second]
+    joined = {k: list(first.get(k, [np.nan] * len(first["loss"]))) + list(second.get(k, [np.nan] * len(second["loss"])))
+              for k in keys}
+    n_head = len(first["loss"])
+    return joined, np.arange(1, n_head + len(second["loss"]) + 1, dtype=float), n_head + 0.5, "epoch"
+
+
+def two_phase_curves(head, tune=None, unfreeze_label: str = "unfreeze + recompile", figsize=(10, 3.4)):
+    """The two-phase learning curve (notebook ``04_freezing``): loss (left) and accuracy (right), training
+    solid and validation dashed, a vertical line where the top blocks were unfrozen.
+
+    ``head``, ``tune``: the Keras ``History`` (or its ``.history`` dict) of ``fit`` with the backbone frozen
+    and of ``fit`` after unfreezing, one point per epoch; or ``head`` alone, a Runner history (``step``,
+    ``loss``, ``accuracy``, ``val_*``, ``unfreeze_step``), one point every few steps. Returns the figure.
+    """
+    series, x, boundary, x_label = _two_phase_series(head, tune)
+    fig, axes = plt.subplots(1, 2, figsize=figsize)
+    for ax, metric in zip(axes, ("loss", "accuracy")):
+        ax.plot(x, series[metric], marker=".", color="tab:blue", label="training")
+        if f"val_{metric}" in series:
+            ax.plot(x, series[f"val_{metric}"], "--", marker=".", color="tab:orange", label="validation")
+        if boundary:
+            ax.axvline(boundary, color="gray", ls=":", lw=1.5, label=unfreeze_label)
+        ax.set_xlabel(x_label)
+        ax.set_ylabel(metric)
+        ax.grid(alpha=0.3)
+    axes[1].set_ylim(0, 1.02)
+    axes[1].legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    return fig
+
+
+def per_layer_bars(values: Mapping[str, Mapping[str, float]], ylabel: str, ax=None):
+    """Grouped bars of a number per layer (e.g. ``surgery.batchnorm_drift``), one colour per run, layers in
+    model order on the x axis (notebook ``04_freezing``). Layers are categories: bars, no lines between them."""
+    names: list[str] = []
+    for layer_values in values.values():
+        names += [n for n in layer_values if n not in names]
+    ax = _axes(ax, figsize=(max(5.0, 1.1 * len(names) + 2), 3.5))
+    width = 0.8 / max(1, len(values))
+    pos = np.arange(len(names))
+    for i, (label, layer_values) in enumerate(values.items()):
+        ax.bar(pos + (i - (len(values) - 1) / 2) * width, [layer_values.get(n, np.nan) for n in names], width,
+               label=label)
+    ax.set_xticks(pos, names, rotation=30, ha="right", fontsize=7)
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=7)
+    ax.grid(alpha=0.3, axis="y")
+    return ax
+
+
+def accuracy_heatmap(table: Sequence[Mapping], rows: str = "topology", cols: str = "per_class", ax=None,
+                     row_order: Sequence[str] | None = None, xlabel: str | None = None, title: str | None = None):
+    """Mean accuracy of ``results.summarize``'s table as a ``rows`` x ``cols`` grid, each cell annotated
+    "mean ± std"; a combination with no runs is grey and says so (notebook ``07_experiments``: topology x
+    samples per class)."""
+    row_labels = list(row_order) if row_order else sorted({str(r[rows]) for r in table})
+    col_values = sorted({r[cols] for r in table}, key=lambda v: (v is None, v if v is not None else 0))
+    means = np.full((len(row_labels), len(col_values)), np.nan)
+    stds = np.full_like(means, np.nan)
+    for r in table:
+        if str(r[rows]) in row_labels:
+            i, j = row_labels.index(str(r[rows])), col_values.index(r[cols])
+            means[i, j], stds[i, j] = r["mean"], r["std"]
+    ax = _axes(ax, figsize=(1.2 + 1.3 * len(col_values), 0.9 + 0.55 * len(row_labels)))
+    cmap = plt.get_cmap("viridis").with_extremes(bad="lightgrey")
+    image = ax.imshow(np.ma.masked_invalid(means), cmap=cmap, aspect="auto",
+                      vmin=np.nanmin(means) if np.isfinite(means).any() else 0, vmax=1.0)
+    for (i, j), mean in np.ndenumerate(means):
+        text = "not run" if np.isnan(mean) else f"{mean:.3f}\n± {stds[i, j]:.3f}"
+        dark = np.isnan(mean) or mean > image.norm.vmin + 0.6 * (image.norm.vmax - image.norm.vmin)
+        ax.text(j, i, text, ha="center", va="center", fontsize=8, color="black" if dark else "white")
+    ax.set_xticks(range(len(col_values)), [str(v) for v in col_values])
+    ax.set_yticks(range(len(row_labels)), row_labels)
+    ax.set_xlabel(xlabel or cols)
+    ax.figure.colorbar(image, ax=ax, label="mean test accuracy", fraction=0.05)
+    if title:
+        ax.set_title(title, fontsize=10)
+    return ax

@@ -12,7 +12,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "course_utils"
 ORDER = ["quiet", "checks", "settings", "cache", "colab", "torch_pickle", "environment", "images", "sources",
          "data", "pipelines", "lite0", "backbones", "blocks", "small_cnn", "surgery", "training", "evaluation",
          "activations", "features", "runs", "runner", "results", "distributed", "experiments", "studies",
-         "domain", "advice", "plots", "grading", "recipes", "release", "site", "smoke", "commands", "cli", "__main__"]
+         "domain", "advice", "plots", "grading", "grading_models", "grading_answers", "recipes", "release", "site", "smoke", "commands", "cli", "__main__"]
 MAX_MODULE_LINES = 350
 MAX_FUNCTION_LINES = 60
 MODULES = sorted(p.stem for p in PACKAGE.glob("*.py") if p.stem != "__init__")

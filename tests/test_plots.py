@@ -106,11 +106,6 @@ def test_freeze_depth_and_per_layer_plots():
     (twin,) = [a for a in ax.figure.axes if a is not ax]
     assert [p.get_height() for p in twin.patches] == [10, 1000] and twin.get_yscale() == "log"
     assert [t.get_text() for t in ax.get_legend().get_texts()] == ["head only ± 2 sd test noise", "test accuracy"]
-    ax = plots.per_layer({"train": {"a_bn": 0.1, "b_bn": 0.0}, "inference": {"a_bn": 0.0, "c_bn": 0.2}}, "drift")
-    assert [l.get_label() for l in ax.get_lines()] == ["train", "inference"]
-    assert [t.get_text() for t in ax.get_xticklabels()] == ["a_bn", "b_bn", "c_bn"]
-    np.testing.assert_array_equal(ax.get_lines()[1].get_ydata(), [0.0, np.nan, 0.2])
-    assert ax.get_ylabel() == "drift"
 
 
 def test_freeze_depth_widens_a_flat_axis_to_min_span():
@@ -164,3 +159,33 @@ def test_nb07_accuracy_heatmap_annotates_every_cell_and_marks_missing_ones():
     data = ax.images[0].get_array()
     assert data.mask.tolist() == [[False, False], [True, False]]
     assert data[1, 1] == 0.8 and ax.images[0].norm.vmin == 0.6 and ax.images[0].norm.vmax == 1.0
+
+
+def test_nb04_two_phase_curves_joins_the_phases_and_marks_the_unfreeze():
+    head = SimpleNamespace(history={"loss": [2.0, 1.0], "accuracy": [0.3, 0.6], "val_loss": [2.1, 1.2],
+                                    "val_accuracy": [0.2, 0.5]})
+    tune = {"loss": [0.5, 0.3, 0.2], "accuracy": [0.8, 0.9, 1.0], "val_loss": [1.0, 0.9, 0.95],
+            "val_accuracy": [0.6, 0.65, 0.6]}
+    fig = plots.two_phase_curves(head, tune, unfreeze_label="unfreeze")
+    loss, acc = fig.axes
+    train, val, mark = acc.get_lines()
+    assert list(train.get_xdata()) == [1, 2, 3, 4, 5] and list(train.get_ydata()) == [0.3, 0.6, 0.8, 0.9, 1.0]
+    assert list(val.get_ydata()) == [0.2, 0.5, 0.6, 0.65, 0.6] and val.get_linestyle() == "--"
+    assert list(mark.get_xdata()) == [2.5, 2.5] and loss.get_lines()[2].get_xdata()[0] == 2.5
+    assert [t.get_text() for t in acc.get_legend().get_texts()] == ["training", "validation", "unfreeze"]
+    runner_history = {"step": [5, 10, 15], "loss": [1.0, 0.5, 0.4], "accuracy": [0.5, 0.8, 0.9], "unfreeze_step": 10}
+    fig = plots.two_phase_curves(runner_history)
+    lines = fig.axes[1].get_lines()
+    assert len(lines) == 2 and list(lines[0].get_xdata()) == [5, 10, 15] and list(lines[1].get_xdata()) == [10, 10]
+    assert fig.axes[0].get_xlabel() == "step"
+    plt.close("all")
+
+
+def test_nb04_per_layer_bars_draws_bars_not_lines():
+    ax = plots.per_layer_bars({"a": {"l1": 1.0, "l2": 2.0}, "b": {"l1": 0.5, "l3": 3.0}}, ylabel="drift")
+    assert not ax.get_lines()
+    heights = [p.get_height() for p in ax.patches]  # run a's three layers, then run b's; a missing layer is nan
+    assert heights[:2] == [1.0, 2.0] and np.isnan(heights[2]) and np.isnan(heights[4])
+    assert heights[3] == 0.5 and heights[5] == 3.0
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["l1", "l2", "l3"]
+    plt.close("all")
