@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from course_utils import evaluation, results, runs
+from course_utils import evaluation, results, runs, settings
 
 ROOT = Path(__file__).resolve().parents[1]
 DOMAINS = {"near": "findings_near", "far": "findings_far"}
@@ -154,13 +154,14 @@ def table(header: list[str], rows: list[list[str]]) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     for domain, name in DOMAINS.items():
-        parser.add_argument(f"--{domain}", type=Path, default=ROOT / "data" / "results" / f"{name}.jsonl")
+        parser.add_argument(f"--{domain}", type=Path, default=settings.cache_dir("results") / f"{name}.jsonl",
+                            help=f"the results of configs/{name}.yaml (default: where its sweep writes them)")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "findings.md")
     args = parser.parse_args(argv)
     stores = {domain: Store(domain, getattr(args, domain)) for domain in DOMAINS}
     sections = {
-        "chu": table(["cell", "Chu's entry", "ours (test, rate chosen on validation)", "noise rule", "holds?", "reproduce"],
-                     chu_rows(stores)),
+        "chu": table(["cell", "Chu's entry", "ours (test, rate chosen on validation)", "noise rule", "holds?",
+                      "reproduce"], chu_rows(stores)),
         "tune_rates": table(["setting", "Tune at each rate (mean over seeds)", "chosen on validation", "reproduce"],
                             rate_rows(stores)),
         "all_vs_last2": table(["setting", "all layers", "last two blocks", "noise rule", "reproduce"],
