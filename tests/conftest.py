@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _tiny import easy_split, tiny_backbone
 
 # ../shared beside the repo; never copied into the repo.
 SHARED_FLOWERS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "flowers"
@@ -147,3 +148,15 @@ def lite0_64():
     from course_utils.backbones import load_backbone
 
     return load_backbone("efficientnet_lite0", input_size=64)
+
+
+@pytest.fixture(scope="module")
+def tiny_base():
+    """A tiny pretrained-like backbone with blocks (tests/_tiny.py): runner and activation-cache tests."""
+    return tiny_backbone()
+
+
+@pytest.fixture(scope="module")
+def tiny_split():
+    """An easy synthetic Split for the tiny backbone (tests/_tiny.py)."""
+    return easy_split()

@@ -59,20 +59,6 @@ def test_pooled_features_are_the_runner_frozen_head_entry(small_set, lite0_64, t
     assert not (tmp_path / "features").exists()
 
 
-@pytest.mark.parametrize("method, standardize", [("logreg", False), ("logreg", True), ("svm", False)])
-def test_probe_folds_into_one_dense_layer(method, standardize):
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(60, 8)).astype("float32") + np.repeat(np.eye(3, 8) * 3, 20, axis=0)
-    y = np.repeat(np.arange(3), 20)
-    probe = features.fit_probe(x, y, method, standardize=standardize)
-    kernel, bias = recipes.probe_to_dense(probe, 3)
-    logits = x @ kernel + bias
-    np.testing.assert_array_equal(logits.argmax(1), probe.predict(x))
-    if method == "logreg":
-        probs = np.exp(logits - logits.max(1, keepdims=True))
-        np.testing.assert_allclose(probs / probs.sum(1, keepdims=True), probe.predict_proba(x), atol=1e-4)
-
-
 def test_choose_c_uses_training_folds_only():
     rng = np.random.default_rng(1)
     x = rng.normal(size=(30, 5))

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from _tiny import easy_split, identity, tiny_backbone
+from _tiny import identity
 from course_utils import runs, surgery
 from course_utils.runner import Runner
 from course_utils.training import LayerwiseSGD, Schedule
@@ -36,27 +36,17 @@ STUDY_PATHS = {  # every path a study or a config uses
 
 
 @pytest.fixture(scope="module")
-def base():
-    return tiny_backbone()
-
-
-@pytest.fixture(scope="module")
-def split():
-    return easy_split()
-
-
-@pytest.fixture(scope="module")
-def runners(base):
-    return (Runner(base, "tiny", 16, cache=True, disk_cache=False, preprocess=identity),
-            Runner(base, "tiny", 16, cache=False, disk_cache=False, preprocess=identity))
+def runners(tiny_base):
+    return (Runner(tiny_base, "tiny", 16, cache=True, disk_cache=False, preprocess=identity),
+            Runner(tiny_base, "tiny", 16, cache=False, disk_cache=False, preprocess=identity))
 
 
 @pytest.mark.parametrize("name", list(STUDY_PATHS))
-def test_cached_and_naive_paths_give_the_same_run(name, runners, split):
+def test_cached_and_naive_paths_give_the_same_run(name, runners, tiny_split):
     cached, naive = runners
     run = STUDY_PATHS[name]
-    a = cached.run(run, split, history=2, measure=run.topology.uses_training)
-    b = naive.run(run, split, history=2, measure=run.topology.uses_training)
+    a = cached.run(run, tiny_split, history=2, measure=run.topology.uses_training)
+    b = naive.run(run, tiny_split, history=2, measure=run.topology.uses_training)
     assert (a["path"], b["path"]) == ("cached", "naive")
     assert a["predictions"] == b["predictions"]
     assert a["accuracy"] == b["accuracy"] and a["confusion_matrix"] == b["confusion_matrix"]
@@ -73,32 +63,32 @@ def test_cached_and_naive_paths_give_the_same_run(name, runners, split):
                                    [b["weight_change"][k] for k in sorted(b["weight_change"])], rtol=1e-4, atol=1e-7)
 
 
-def test_the_tiny_task_is_learned_so_the_comparison_means_something(runners, split):
-    assert runners[0].run(spec(LAST2, steps=40), split)["accuracy"] == 1.0
-    assert runners[0].run(spec("logreg"), split)["accuracy"] == 1.0
+def test_the_tiny_task_is_learned_so_the_comparison_means_something(runners, tiny_split):
+    assert runners[0].run(spec(LAST2, steps=40), tiny_split)["accuracy"] == 1.0
+    assert runners[0].run(spec("logreg"), tiny_split)["accuracy"] == 1.0
 
 
-def test_a_reused_compiled_model_gives_what_a_fresh_runner_gives(runners, base, split):
+def test_a_reused_compiled_model_gives_what_a_fresh_runner_gives(runners, tiny_base, tiny_split):
     cached = runners[0]
     for run in STUDY_PATHS.values():  # leaves compiled parts with trained optimizer state behind
-        cached.run(run, split)
-    fresh = Runner(base, "tiny", 16, cache=True, disk_cache=False, preprocess=identity)
+        cached.run(run, tiny_split)
+    fresh = Runner(tiny_base, "tiny", 16, cache=True, disk_cache=False, preprocess=identity)
     for name in ("last2 head first, bn=train", "FT3-ex, adam, cosine"):
-        again, first = cached.run(STUDY_PATHS[name], split, history=1), fresh.run(STUDY_PATHS[name], split, history=1)
+        again, first = cached.run(STUDY_PATHS[name], tiny_split, history=1), fresh.run(STUDY_PATHS[name], tiny_split, history=1)
         np.testing.assert_allclose(again["history"]["loss"], first["history"]["loss"], rtol=1e-5)
         assert again["predictions"] == first["predictions"]
 
 
-def test_runs_leave_the_backbone_pristine(runners, base, split):
-    before = [np.array(v) for v in base.variables]
+def test_runs_leave_the_backbone_pristine(runners, tiny_base, tiny_split):
+    before = [np.array(v) for v in tiny_base.variables]
     for name in ("last2 bn=train", "reinit_top", "last2 head first"):
-        runners[0].run(STUDY_PATHS[name], split)
-        runners[1].run(STUDY_PATHS[name], split)
-    for value, variable in zip(before, base.variables):
+        runners[0].run(STUDY_PATHS[name], tiny_split)
+        runners[1].run(STUDY_PATHS[name], tiny_split)
+    for value, variable in zip(before, tiny_base.variables):
         np.testing.assert_array_equal(value, np.array(variable))
 
 
-def test_reinit_top_trains_its_blocks_at_the_full_rate_with_their_batchnorm(runners, base, split):
+def test_reinit_top_trains_its_blocks_at_the_full_rate_with_their_batchnorm(runners, tiny_base, tiny_split):
     run = STUDY_PATHS["reinit_top"]
     assert run.backbone_lr_factor is None  # no pretrained layer trains, so no factor applies
     runner = runners[0]
@@ -110,40 +100,40 @@ def test_reinit_top_trains_its_blocks_at_the_full_rate_with_their_batchnorm(runn
     part = runner._compiled_part(run, flat, runner.plan(run)[0], "main", run.steps)
     assert not isinstance(part.optimizer, LayerwiseSGD)  # one rate for every trained layer
     runner.reset_weights()
-    report = runner.run(run, split, measure=True)
+    report = runner.run(run, tiny_split, measure=True)
     assert report["bn_drift"]["block3_bn"] > 0 and report["bn_drift"]["block2_bn"] == 0.0
 
 
-def test_report_fields_are_per_test_image(runners, split):
-    report = runners[0].run(STUDY_PATHS["last2"], split)
-    assert report["test_ids"] == split.test.ids
-    assert len(report["predictions"]) == report["n_test"] == len(split.test.labels)
-    assert report["accuracy"] == np.mean(np.array(report["predictions"]) == split.test.labels)
+def test_report_fields_are_per_test_image(runners, tiny_split):
+    report = runners[0].run(STUDY_PATHS["last2"], tiny_split)
+    assert report["test_ids"] == tiny_split.test.ids
+    assert len(report["predictions"]) == report["n_test"] == len(tiny_split.test.labels)
+    assert report["accuracy"] == np.mean(np.array(report["predictions"]) == tiny_split.test.labels)
     assert (report["n_train"], report["n_val"]) == (18, 6)
     assert report["trainable_params"] == 6 * 8 * 9 + 8 * 3 + 3  # block3 conv (its BatchNorm frozen) + head
 
 
-def test_history_marks_the_unfreeze_step_and_counts_steps(runners, split):
-    report = runners[0].run(STUDY_PATHS["last2 head first"], split, history=2)
+def test_history_marks_the_unfreeze_step_and_counts_steps(runners, tiny_split):
+    report = runners[0].run(STUDY_PATHS["last2 head first"], tiny_split, history=2)
     history = report["history"]
     assert history["unfreeze_step"] == 4
     assert history["step"] == [2, 4, 6, 8, 10, 12]
     assert set(history) == {"step", "loss", "accuracy", "val_loss", "val_accuracy", "unfreeze_step"}
 
 
-def test_a_diverging_run_has_no_accuracy(runners, split):
-    report = runners[0].run(spec(LAST2, lr=1e20, steps=6), split, history=1)
+def test_a_diverging_run_has_no_accuracy(runners, tiny_split):
+    report = runners[0].run(spec(LAST2, lr=1e20, steps=6), tiny_split, history=1)
     assert report["diverged"] is True and report["accuracy"] is None and report["path"] == "diverged"
     assert "lower the learning rate" in report["reason"]
     assert report["history"]["step"] == [1, 2, 3] and report["history"]["loss"][-1] == np.inf  # stopped there
 
 
-def test_one_forward_pass_fills_every_boundary(base, split):
-    runner = Runner(base, "tiny", 16, cache=True, disk_cache=False, preprocess=identity)
+def test_one_forward_pass_fills_every_boundary(tiny_base, tiny_split):
+    runner = Runner(tiny_base, "tiny", 16, cache=True, disk_cache=False, preprocess=identity)
     paths = runner.prepare(STUDY_PATHS.values())
     assert paths == {"cached": len(STUDY_PATHS), "naive": 0}
     for run in STUDY_PATHS.values():
-        runner.run(run, split)
+        runner.run(run, tiny_split)
     assert runner.passes == 3  # train, test, val: once each, for all four boundaries
 
 
@@ -152,24 +142,24 @@ def test_one_forward_pass_fills_every_boundary(base, split):
     (spec("finetune_all"), True, "no frozen prefix"),
     (spec(LAST2), False, "cache off"),
 ])
-def test_plan_names_why_a_run_takes_the_naive_path(base, run, cache, why):
-    runner = Runner(base, "tiny", 16, cache=cache, disk_cache=False, preprocess=identity)
+def test_plan_names_why_a_run_takes_the_naive_path(tiny_base, run, cache, why):
+    runner = Runner(tiny_base, "tiny", 16, cache=cache, disk_cache=False, preprocess=identity)
     at, reason = runner.plan(run)
     assert at is None and why in reason
 
 
-def test_augmented_runs_are_deterministic(runners, split):
+def test_augmented_runs_are_deterministic(runners, tiny_split):
     run = spec(LAST2, augment=True, steps=4)
-    first, second = runners[0].run(run, split), runners[0].run(run, split)
+    first, second = runners[0].run(run, tiny_split), runners[0].run(run, tiny_split)
     assert first["path"] == "naive" and first["predictions"] == second["predictions"]
 
 
-def test_boundaries_are_where_the_trained_blocks_start(base):
-    assert surgery.boundary(base, 0) == "avg_pool"
-    assert surgery.boundary(base, 2) == "block2_pool"
-    assert surgery.boundary(base, 5) is None
+def test_boundaries_are_where_the_trained_blocks_start(tiny_base):
+    assert surgery.boundary(tiny_base, 0) == "avg_pool"
+    assert surgery.boundary(tiny_base, 2) == "block2_pool"
+    assert surgery.boundary(tiny_base, 5) is None
 
 
-def test_a_loaded_model_needs_its_preprocess(base):
+def test_a_loaded_model_needs_its_preprocess(tiny_base):
     with pytest.raises(ValueError, match="preprocess="):
-        Runner(base)
+        Runner(tiny_base)
