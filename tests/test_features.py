@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from course_utils import evaluation, features, recipes
+from course_utils import evaluation, features
 from course_utils.cache import CacheWarning
 from course_utils.data import ImageSet, stratified_sample
 from course_utils.images import to_model_input
