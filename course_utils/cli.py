@@ -133,14 +133,12 @@ def _add_recommend(sub) -> None:
                    help="print the recommendation (and verification) as JSON, or write it to this file")
     p.add_argument("--verify", action="store_true", help="also train Chu's Freeze and Tune and compare them with "
                                                          "the noise rule (offered when his advice is 'try both')")
-    p.add_argument("--verify-size", type=checks.number("--verify-size", *checks.IMAGE_SIZE, integer=True),
-                   default=128, help="--verify: image size (small budget)")
-    p.add_argument("--verify-seeds", type=checks.number("--verify-seeds", 1, 100, integer=True), default=2,
-                   help="--verify: training seeds per method")
-    p.add_argument("--verify-steps", type=checks.number("--verify-steps", 1, 10**6, integer=True), default=40,
-                   help="--verify: SGD updates for each method")
-    p.add_argument("--test-per-class", type=checks.number("--test-per-class", 1, integer=True), default=20,
-                   help="--verify: test images per class")
+    for flag, low, high, default, what in (("--verify-size", *checks.IMAGE_SIZE, 128, "image size (small budget)"),
+                                           ("--verify-seeds", 1, 100, 2, "training seeds per method"),
+                                           ("--verify-steps", 1, 10**6, 40, "SGD updates for each method"),
+                                           ("--test-per-class", 1, None, 20, "test images per class")):
+        p.add_argument(flag, type=checks.number(flag, low, high, integer=True), default=default,
+                       help=f"--verify: {what}")
     p.set_defaults(func=cmd_recommend)
 
 

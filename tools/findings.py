@@ -12,12 +12,19 @@ course's one noise rule, `evaluation.compare`, on the same test images with the 
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from course_utils import evaluation, results, runs, settings
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402 - after choosing the file backend
+
+from course_utils import evaluation, results, runs, settings  # noqa: E402
+from course_utils.runner import Runner  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DOMAINS = {"near": "findings_near", "far": "findings_far"}
@@ -146,6 +153,56 @@ def axis_rows(stores: dict[str, Store], experiment: str, axis: str, values: tupl
     return out
 
 
+def measure(stores: dict[str, Store], cache: Path) -> dict:
+    """Run the validation-chosen Freeze and Tune at 50 per class again (seed 0) in each domain, with their
+    learning curves and, for Tune, the weight change per block; kept in ``cache`` (a few CPU-minutes)."""
+    if cache.exists():
+        return json.loads(cache.read_text(encoding="utf-8"))
+    got: dict = {}
+    for domain, s in stores.items():
+        chosen = {name: min(s.pick("chu", name, per_class=50), key=lambda r: r["run"]["seed"]) for name in (FREEZE, TUNE)}
+        spec = runs.RunSpec.from_dict(chosen[TUNE]["run"])
+        runner = Runner(spec.backbone, spec.weights, spec.image_size)
+        got[domain] = {}
+        for name, row in chosen.items():
+            report = runner.run(runs.RunSpec.from_dict(row["run"]), history=25, measure=name == TUNE)
+            got[domain][name] = {"history": report["history"], "weight_change": report.get("weight_change"),
+                                 "accuracy": report["accuracy"], "stored_accuracy": row["accuracy"]}
+    cache.write_text(json.dumps(got), encoding="utf-8")
+    return got
+
+
+def curves_figure(measured: dict, path: Path) -> str:
+    """Validation accuracy and training loss against steps, Freeze and Tune, near and far: a PNG."""
+    fig, axes = plt.subplots(1, 2 * len(measured), figsize=(12, 2.8))
+    for i, (domain, runs_) in enumerate(measured.items()):
+        for name, run in runs_.items():
+            h = run["history"]
+            axes[2 * i].plot(h["step"], h["val_accuracy"], marker=".", label=name.split()[0])
+            axes[2 * i + 1].plot(h["step"], h["loss"], label=name.split()[0])
+        axes[2 * i].set_title(f"{domain}: validation accuracy", fontsize=9)
+        axes[2 * i + 1].set_title(f"{domain}: training loss", fontsize=9)
+        axes[2 * i + 1].set_yscale("log")
+    for ax in axes:
+        ax.set_xlabel("step", fontsize=8)
+        ax.legend(fontsize=7)
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=80)
+    plt.close(fig)
+    same = all(abs(r["accuracy"] - r["stored_accuracy"]) < 1e-9 for d in measured.values() for r in d.values())
+    return (f"![Freeze and Tune learning curves, 50 per class, seed 0]({path.name})\n\nThe reruns give the stored "
+            f"test accuracies {'exactly' if same else 'NOT exactly (look into it)'}.")
+
+
+def change_table(measured: dict) -> str:
+    """Tune's relative weight change per block (``||after - before|| / ||before||``), near against far."""
+    blocks = list(next(iter(measured.values()))[TUNE]["weight_change"])
+    rows = [[block] + [f"{measured[d][TUNE]['weight_change'].get(block, float('nan')):.4f}" for d in measured]
+            for block in blocks]
+    return table(["block", *[f"Tune, {d}" for d in measured]], rows)
+
+
 def table(header: list[str], rows: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in rows])
@@ -157,8 +214,11 @@ def main(argv: list[str] | None = None) -> int:
         parser.add_argument(f"--{domain}", type=Path, default=settings.cache_dir("results") / f"{name}.jsonl",
                             help=f"the results of configs/{name}.yaml (default: where its sweep writes them)")
     parser.add_argument("--out", type=Path, default=ROOT / "docs" / "findings.md")
+    parser.add_argument("--measured", type=Path, default=settings.cache_dir("results") / "findings_measured.json",
+                        help="the learning curves and weight changes of the reruns (made when missing)")
     args = parser.parse_args(argv)
     stores = {domain: Store(domain, getattr(args, domain)) for domain in DOMAINS}
+    measured = measure(stores, args.measured)
     sections = {
         "chu": table(["cell", "Chu's entry", "ours (test, rate chosen on validation)", "noise rule", "holds?",
                       "reproduce"], chu_rows(stores)),
@@ -182,6 +242,8 @@ def main(argv: list[str] | None = None) -> int:
         "pittaras": "\n\n".join(table(["setting", "extension", "plain head", "noise rule", "reproduce"],
                                       pair_rows(stores, "Pittaras", "pittaras", ext, LAST2, sizes=(50,)))
                                 for ext in ("FT3-ex1-64", "FT3-ex1-512", "FT3-ex2-64")),
+        "curves": curves_figure(measured, args.out.with_name("findings_curves.png")),
+        "weight_change": change_table(measured),
         "missing": ", ".join(f"{d}: {s.missing}" for d, s in stores.items()),
     }
     template = (ROOT / "tools" / "findings_template.md").read_text(encoding="utf-8")
