@@ -22,6 +22,7 @@ import json
 import os
 import posixpath
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -130,7 +131,11 @@ def stage_sources(stage: Path, root: Path = settings.REPO_ROOT, repo: str | None
     if not notebooks:
         raise ValueError(f"no notebooks found in {root / 'notebooks'}")
     docs = tuple(d for d in DOCS if (root / d).is_file())
-    pages = {*notebooks, *docs}
+    figures = [f"docs/{p.name}" for p in sorted((root / "docs").glob("*.png"))]  # e.g. findings' curves
+    pages = {*notebooks, *docs, *figures}
+    for rel in figures:
+        (stage / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(root / rel, stage / rel)
     readme = rewrite_links((root / "README.md").read_text(encoding="utf-8"), "README.md", pages, repo)
     (stage / "index.md").write_text(index_page(readme, notebooks, docs, repo), encoding="utf-8")
     for rel in notebooks:

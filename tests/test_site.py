@@ -86,6 +86,10 @@ def test_staged_notebooks_keep_their_outputs_and_lose_the_web_badge(tmp_path, mo
     options = site.sphinx_config()["html_theme_options"]
     assert options["repository_url"] == "https://github.com/someone/fork" and options["launch_buttons"]["colab_url"]
     assert site.sphinx_config()["nb_execution_mode"] == "off"
+    findings = (tmp_path / "docs" / "findings.md").read_text()
+    assert "](findings_curves.png)" in findings  # a figure of the docs stays a relative link, staged beside it
+    assert (tmp_path / "docs" / "findings_curves.png").read_bytes() == (
+        settings.REPO_ROOT / "docs" / "findings_curves.png").read_bytes()
 
 
 # ---------------------------------------------------------------- slow: build, serve, open in Chromium
