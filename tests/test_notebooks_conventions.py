@@ -56,7 +56,8 @@ def test_every_exercise_has_a_solution_and_a_check(path):
     assert len(checks) >= 2, "at least two exercises per notebook from 02 on"
     assert len(solutions) >= 2
     for i in checks:
-        assert "grading." in cells[i].source, f"check cell {i} must call course_utils.grading"
+        assert re.search(r"\bgrading(_models|_answers)?\.\w+\(", cells[i].source), \
+            f"check cell {i} must call course_utils.grading (or grading_models, grading_answers)"
         assert any(s < i for s in solutions), f"check cell {i} comes before any solution"
 
 
