@@ -153,6 +153,20 @@ def axis_rows(stores: dict[str, Store], experiment: str, axis: str, values: tupl
     return out
 
 
+def cost_rows(stores: dict[str, Store]) -> list[list[str]]:
+    """What the Chu grid's runs cost here: mean seconds per run by topology (2-core CPU, shared)."""
+    out = []
+    for domain, s in stores.items():
+        rows = s.experiments.get("chu", [])
+        for name in (FREEZE, LAST2, TUNE, SVM):
+            mine = results.select(rows, topology=name)
+            if mine:
+                paths = sorted({r["path"] for r in mine})
+                out.append([domain, name, f"{np.mean([r['seconds'] for r in mine]):.1f}", ", ".join(paths),
+                            str(len(mine))])
+    return out
+
+
 def measure(stores: dict[str, Store], cache: Path) -> dict:
     """Run the validation-chosen Freeze and Tune at 50 per class again (seed 0) in each domain, with their
     learning curves and, for Tune, the weight change per block; kept in ``cache`` (a few CPU-minutes)."""
@@ -244,6 +258,7 @@ def main(argv: list[str] | None = None) -> int:
                                 for ext in ("FT3-ex1-64", "FT3-ex1-512", "FT3-ex2-64")),
         "curves": curves_figure(measured, args.out.with_name("findings_curves.png")),
         "weight_change": change_table(measured),
+        "cost": table(["domain", "topology", "seconds per run", "path", "runs"], cost_rows(stores)),
         "missing": ", ".join(f"{d}: {s.missing}" for d, s in stores.items()),
     }
     template = (ROOT / "tools" / "findings_template.md").read_text(encoding="utf-8")
