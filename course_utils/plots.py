@@ -14,6 +14,7 @@ import numpy as np
 from IPython.display import Image, display
 from sklearn.metrics import ConfusionMatrixDisplay
 
+from course_utils import evaluation, results
 from course_utils.advice import CHU_ADVICE, CHU_TABLE3, DATA_LEVELS
 from course_utils.domain import DISTANCE_LEVELS
 
@@ -130,18 +131,18 @@ def class_grid(image_set, per_class: int = 4, seed: int = 0, size: float = 1.6):
 
 
 def freeze_depth(rows: Sequence[Mapping], ax=None, label: str = "test accuracy", params: bool = True,
-                 n_test: int | None = None, min_span: float = 0.2):
-    """Accuracy against how many blocks train (rows of ``training.freeze_depth_sweep``), notebook ``04_freezing``.
+                 min_span: float = 0.2):
+    """Accuracy against how many blocks train (rows of ``studies.freeze_depth_sweep``), notebook ``04_freezing``.
 
     Rows with the same ``train_last`` (several seeds) give mean ± std. The x axis is categorical (0, 1, 2,
     4, all), and with ``params`` the trainable parameter count is drawn as gray bars on a log axis behind.
-    With ``n_test`` (test images), a band of ± 2 binomial standard deviations around the first setting's
-    accuracy shows the test noise. The accuracy axis spans at least ``min_span``, so that differences of a
-    test image or two do not look like a trend.
+    When the rows carry the Runner's reports, each setting is compared with the first by the course's noise
+    rule (``evaluation.compare``: the same test images, seeds paired) and its verdict is written above it.
+    The accuracy axis spans at least ``min_span``, so that a test image or two does not look like a trend.
     """
     ax = _axes(ax, figsize=(6, 3.8))
     ks = sorted({int(r["train_last"]) for r in rows})
-    groups = [[r for r in rows if int(r["train_last"]) == k] for k in ks]
+    groups = [sorted((r for r in rows if int(r["train_last"]) == k), key=lambda r: r.get("seed", 0)) for k in ks]
     pos = np.arange(len(ks))
     if params:
         twin = ax.twinx()
@@ -153,20 +154,20 @@ def freeze_depth(rows: Sequence[Mapping], ax=None, label: str = "test accuracy",
     acc = [[r["accuracy"] for r in g] for g in groups]
     means = [float(np.mean(a)) for a in acc]
     ax.errorbar(pos, means, yerr=[np.std(a) for a in acc], marker="o", capsize=3, label=label)
+    if all("report" in r for r in rows):
+        first = results.correct([r["report"] for r in groups[0]])
+        for x, group, mean in zip(pos[1:], groups[1:], means[1:]):
+            verdict = evaluation.compare(results.correct([r["report"] for r in group]), first, names=("a", "b"))
+            text = "within noise" if not verdict.significant else ("better" if verdict.diff > 0 else "worse")
+            ax.annotate(text, (x, mean), textcoords="offset points", xytext=(0, 9), ha="center", fontsize=7)
     low, high = min(means), max(means)
-    if n_test:
-        ref = means[0]
-        band = 2 * np.sqrt(ref * (1 - ref) / n_test)
-        ax.axhspan(ref - band, ref + band, color="tab:blue", alpha=0.1,
-                   label=f"{_first_label(ks)} ± 2 sd test noise")
-        low, high = min(low, ref - band), max(high, ref + band)
     if high - low < min_span:
         middle = (high + low) / 2
         low, high = middle - min_span / 2, middle + min_span / 2
     ax.set_ylim(max(0.0, low - 0.01), min(1.0, high + 0.01))
     names = [f"{k}\n({g[0]['first_trained']})" if k else "0\n(head only)" for k, g in zip(ks, groups)]
     ax.set_xticks(pos, names, fontsize=7)
-    ax.set_xlabel("blocks trained (first trained block)")
+    ax.set_xlabel(f"blocks trained (first trained block); verdicts against {_first_label(ks)}")
     ax.set_ylabel("test accuracy")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="lower right")

@@ -95,17 +95,25 @@ def test_class_grid_one_row_per_class():
     assert int(fig.axes[2].get_images()[0].get_array()[0, 0, 0]) == 30
 
 
-def test_freeze_depth_and_per_layer_plots():
-    rows = [{"train_last": k, "first_trained": b, "trainable": p, "accuracy": a}
-            for k, b, p, a in [(0, "(new layers only)", 10, 0.7), (2, "block7a", 1000, 0.8), (2, "block7a", 1000, 0.9)]]
-    ax = plots.freeze_depth(rows, n_test=200)
-    assert [t.get_text() for t in ax.get_xticklabels()] == ["0\n(head only)", "2\n(block7a)"]
-    np.testing.assert_allclose(np.asarray(ax.containers[0].lines[0].get_ydata(), float), [0.7, 0.85])
-    band = 2 * np.sqrt(0.7 * 0.3 / 200)
-    np.testing.assert_allclose(ax.get_ylim(), (0.7 - band - 0.01, 0.85 + 0.01))  # the band is inside
+def test_freeze_depth_writes_the_noise_rule_verdict_of_each_setting():
+    labels = [0] * 50 + [1] * 50
+
+    def row(k, b, p, correct, seed):
+        predictions = [y if i < correct else 1 - y for i, y in enumerate(labels)]
+        report = {"predictions": predictions, "test_labels": labels, "test_ids": list(range(100))}
+        return {"train_last": k, "first_trained": b, "trainable": p, "accuracy": correct / 100, "seed": seed,
+                "report": report}
+
+    rows = [row(0, "(new layers only)", 10, 70, 0), row(2, "block7a", 1000, 72, 0), row(4, "block6a", 5000, 95, 0)]
+    ax = plots.freeze_depth(rows)
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["0\n(head only)", "2\n(block7a)", "4\n(block6a)"]
+    np.testing.assert_allclose(np.asarray(ax.containers[0].lines[0].get_ydata(), float), [0.7, 0.72, 0.95])
+    assert [t.get_text() for t in ax.texts] == ["within noise", "better"]  # 2 images vs 25 images (McNemar)
+    assert ax.get_xlabel().endswith("verdicts against head only")
     (twin,) = [a for a in ax.figure.axes if a is not ax]
-    assert [p.get_height() for p in twin.patches] == [10, 1000] and twin.get_yscale() == "log"
-    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["head only ± 2 sd test noise", "test accuracy"]
+    assert [p.get_height() for p in twin.patches] == [10, 1000, 5000] and twin.get_yscale() == "log"
+    plain = plots.freeze_depth([{k: v for k, v in r.items() if k != "report"} for r in rows], params=False)
+    assert len(plain.texts) == 0  # no reports, no verdicts
 
 
 def test_freeze_depth_widens_a_flat_axis_to_min_span():
