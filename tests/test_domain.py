@@ -195,3 +195,13 @@ def test_distance_agrees_across_samples(lite0):
     assert len({tuple(r.target_mean[:5]) for r in runs}) == 3  # really different samples
     assert np.std([r.corrected for r in runs]) < 0.03
     assert domain.summarize(runs)["corrected"][1] == pytest.approx(np.std([r.corrected for r in runs]))
+
+
+def test_an_anchor_whose_data_is_not_here_keeps_its_stored_value(monkeypatch):
+    """Offline, with no ../shared and tf_flowers never downloaded, notebook 08 still calibrates."""
+    missing = domain.Anchor("nowhere", ("/no/such/folder",), 0.3, "CUB-200", "a dataset this machine lacks")
+    monkeypatch.setattr(domain, "imagenet_like_photos", lambda size: np.zeros((1, size, size, 3), np.uint8))
+    monkeypatch.setattr(domain, "measure_features", lambda *args, **kwargs: "photos measured")
+    with pytest.warns(UserWarning, match="anchor nowhere not measured here .*stored value 0.3 used"):
+        got = domain.measure_anchors(load_backbone(input_size=32), anchors=(missing,), image_size=32)
+    assert got == {"photos": "photos measured"}
