@@ -215,22 +215,12 @@ def cut(model: keras.Model, at: str) -> tuple[keras.Model, keras.Model]:
     return _split_at_tensor(model, model.get_layer(at).output, at)
 
 
-def split_at_block(model: keras.Model, block: str) -> tuple[keras.Model, keras.Model]:
-    """``cut`` just before ``block``: the prefix ends with the tensor entering it (notebook ``04_freezing``)."""
-    blocks = block_names(model)
-    if block not in blocks:
-        raise ValueError(f"Unknown block {block!r}; this model has {blocks}.")
-    if block == blocks[0]:
-        raise ValueError(f"{block!r} is the first block: there is nothing before it to cut off.")
-    return cut(model, boundary(model, len(blocks) - blocks.index(block)))
-
-
 def split_before_new_layers(model: keras.Model) -> tuple[keras.Model, keras.Model]:
     """``(features, new_layers)``: the pretrained part up to the pooled features, and the layers
     ``replace_head`` added (extension layers, dropout, head), sharing weights with ``model``.
 
     With a frozen backbone, training ``new_layers`` on cached features is exactly training ``model``
-    (notebooks ``04_freezing``, ``06_extension_layers``). Works on a suffix from :func:`split_at_block` too.
+    (notebooks ``04_freezing``, ``06_extension_layers``). Works on a suffix from :func:`cut` too.
     """
     new = [layer for layer in model.layers if is_new_layer(layer.name)]
     if not new:

@@ -147,22 +147,21 @@ def test_cut_composes_to_the_model_and_shares_layers(random_model, split, prepro
     assert prefix.output.shape == random_model.get_layer("block6d_add").output.shape
 
 
-def test_split_at_block_composes_to_the_model_and_shares_layers(random_model, split, preprocess):
-    prefix, suffix = surgery.split_at_block(random_model, "block7a")
+def test_cut_at_a_blocks_boundary_leaves_that_block_in_the_suffix(random_model, split, preprocess):
+    prefix, suffix = surgery.cut(random_model, surgery.boundary(random_model, 2))  # block7a and top train
     x = preprocess(split.test.images[:4])
     whole = np.asarray(random_model(x, training=False))
     parts = np.asarray(suffix(prefix(x, training=False), training=False))
     np.testing.assert_allclose(parts, whole, atol=1e-5)
     assert suffix.get_layer("top_conv") is random_model.get_layer("top_conv")
+    assert "block7a_project_conv" in {layer.name for layer in suffix.layers}
     assert "block6d_project_conv" not in {layer.name for layer in suffix.layers}
-    with pytest.raises(ValueError, match="Unknown block"):
-        surgery.split_at_block(random_model, "block9z")
-    with pytest.raises(ValueError, match="first block"):
-        surgery.split_at_block(random_model, "stem")
+    with pytest.raises(ValueError, match="train_last must be between 0 and"):
+        surgery.boundary(random_model, 99)
 
 
 def test_split_before_new_layers_also_works_on_a_suffix(random_model, split, preprocess):
-    _, suffix = surgery.split_at_block(random_model, "top")
+    _, suffix = surgery.cut(random_model, surgery.boundary(random_model, 1))  # only top trains
     feats_part, new_part = surgery.split_before_new_layers(suffix)
     assert [layer.name for layer in new_part.layers[1:]] == ["head_dropout", "head"]
     assert feats_part.output.shape[-1] == 1280
