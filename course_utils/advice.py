@@ -11,12 +11,13 @@ reports it; ``verify`` trains both sides on the same test images and decides wit
 
 from __future__ import annotations
 
+import itertools
 from dataclasses import asdict, dataclass, field
 from typing import Any, Sequence
 
 import numpy as np
 
-from course_utils import backbones, blocks, data, domain, evaluation, runs
+from course_utils import backbones, blocks, data, domain, evaluation, runs, training
 from course_utils.runner import Runner
 
 CHU_SOURCE = "Chu et al. (2016), Best Practices for Fine-tuning Visual Classifiers to New Domains, Table 3"
@@ -35,6 +36,9 @@ CHU_TABLE3: dict[tuple[str, str], str] = {
 CHU_ADVICE = {"Freeze": "freeze", "Try Freeze or Tune": "try both", "Tune": "tune"}
 CHU_TUNE_FACTOR = 0.2  # "setting the learning rate to 0.2 times that of random initialization"
 WIDE_MARGIN = 0.10  # Tune losing to Freeze by more than this is first suspected of being under-trained
+VERIFY_RATES = (0.01, 0.001)  # the new classifier's rates verify chooses from (Tune's copied layers: 0.2x)
+VERIFY_STEPS = (40, 120)  # the budgets verify chooses from (Tune: as many head-only steps first)
+VERIFY_VAL_FRACTION = 0.2  # of the training images, held out to choose the rate and steps
 CHU_TEXT = {
     "freeze": "Freeze (F(1-7)R(8)): copy every pretrained layer, keep them frozen and train only the new "
               "classifier. Chu et al.: fine-tuning helps \"even with very few examples ... The exception being "
@@ -163,15 +167,18 @@ def recommend(spec: str, per_class: int | None = None, backbone: str = domain.DE
 
 @dataclass
 class Verification:
-    """Freeze vs Tune on the same test images, per seed, and what the noise rule says (notebook 08)."""
+    """Freeze vs Tune on the same test images, each at the rate and steps validation chose, and what the noise
+    rule says (notebook 08)."""
 
     chu_advice: str
-    accuracy: dict[str, list[float]]  # {"freeze": [per seed], "tune": [per seed]}
+    accuracy: dict[str, list[float]]  # test accuracy of each side's chosen setting, per seed
     comparison: evaluation.Comparison  # tune vs freeze
     per_class: int
     image_size: int
-    steps: int
     seeds: list[int]
+    chosen: dict[str, dict[str, Any]]  # {"freeze": {"lr": 0.01, "steps": 40, "schedule": "step"}, "tune": ...}
+    validation: dict[str, list[dict[str, Any]]]  # per side, every setting tried: lr, steps, schedule, val_accuracy
+    curves: dict[str, dict[str, list]] = field(default_factory=dict)  # the chosen runs' history, first seed
 
     @property
     def verdict(self) -> str:
@@ -181,63 +188,111 @@ class Verification:
             return winner
         return "held" if winner == f"{self.chu_advice} better" else "did not hold"
 
+    @property
+    def still_rising(self) -> list[str]:
+        """Sides whose validation accuracy was best at the longest budget tried and still climbing there: not
+        shown to have converged (raise the steps)."""
+        out = []
+        for side, tried in self.validation.items():
+            at = {(t["lr"], t["steps"], t["schedule"]): t["val_accuracy"] for t in tried}
+            lr, steps, kind = (self.chosen[side][k] for k in ("lr", "steps", "schedule"))
+            shorter = [s for (r, s, k) in at if (r, k) == (lr, kind) and s < steps]
+            if steps == max(s for _, s, _ in at) and shorter and at[(lr, steps, kind)] > at[(lr, max(shorter), kind)]:
+                out.append(side)
+        return out
+
     def describe(self) -> str:
-        """One line per side, the rule's line, then the verdict."""
-        lines = [f"verify: {self.per_class} train images per class, {self.image_size} px, {self.steps} steps, "
-                 f"{self.comparison.n_images} test images, seeds {self.seeds} (each seed resamples the training "
-                 f"images; the test images are the same)"]
-        for name, accs in self.accuracy.items():
-            label = "Freeze F(1-7)R(8)" if name == "freeze" else f"Tune T(1-7)R(8) at {CHU_TUNE_FACTOR}x"
-            lines.append(f"  {label:<24} accuracy {np.mean(accs):.3f}")
+        """The budget, one line per side (choice, validation, test), the rule's line, then the verdict."""
+        lines = [f"verify: {self.per_class} images per class ({VERIFY_VAL_FRACTION:.0%} of them held out to choose the "
+                 f"rate, steps and schedule), {self.image_size} px, {self.comparison.n_images} test images, seeds {self.seeds} "
+                 f"(each seed resamples the training images; the test images are the same)"]
+        for side, accs in self.accuracy.items():
+            label = "Freeze F(1-7)R(8)" if side == "freeze" else f"Tune T(1-7)R(8) at {CHU_TUNE_FACTOR}x"
+            pick = self.chosen[side]
+            tried = ", ".join(f"{t['lr']:g}/{t['steps']}/{t['schedule']}: {t['val_accuracy']:.3f}"
+                              for t in self.validation[side])
+            lines.append(f"  {label}: chose lr {pick['lr']:g}, {pick['steps']} steps, {pick['schedule']} (validation "
+                         f"accuracy by lr/steps/schedule: {tried}); test accuracy {np.mean(accs):.3f}")
         lines += [f"noise rule ({evaluation.NOISE_RULE}): {self.comparison}",
                   f"Chu's advice ({self.chu_advice}): {self.verdict}"]
+        for side in self.still_rising:
+            lines.append(f"caution: {side}'s validation accuracy was still rising at the longest budget tried; "
+                         f"add a longer one (--verify-steps) before reading the verdict as converged.")
         if self.comparison.diff < -WIDE_MARGIN:
-            lines.append(f"caution: Tune lost by more than {WIDE_MARGIN:.0%}; it may not have converged in "
-                         f"{self.steps} steps. Raise --verify-steps before reading this as evidence against Chu.")
+            lines.append(f"caution: Tune lost by more than {WIDE_MARGIN:.0%}; check its validation accuracy above "
+                         f"for a rate that is too high or steps that are too few before reading this as evidence "
+                         f"against Chu.")
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready, with the comparison and the verdict."""
+        """JSON-ready, with the comparison, the verdict and the sides not shown to have converged."""
         out = asdict(self)
-        out.update(comparison=self.comparison.to_dict(), verdict=self.verdict)
+        out.update(comparison=self.comparison.to_dict(), verdict=self.verdict, still_rising=self.still_rising)
         return out
 
 
-def verify_runs(spec: str, seeds: Sequence[int], per_class: int, image_size: int, steps: int, lr: float,
-                test_per_class: int | None, backbone: str) -> dict[str, list[runs.RunSpec]]:
-    """Chu's Freeze (frozen_head) and Tune (finetune_all at 0.2x, after ``steps`` head-only steps) per seed
-    (notebook 08_domain_distance)."""
-    common = dict(backbone=backbone, image_size=image_size, per_class=per_class, test_per_class=test_per_class,
-                  lr=lr, steps=steps)
+def verify_runs(spec: str, seeds: Sequence[int], per_class: int, image_size: int, steps: Sequence[int],
+                rates: Sequence[float], schedules: Sequence[str], test_per_class: int | None, backbone: str
+                ) -> dict[str, dict[tuple[float, int, str], list[runs.RunSpec]]]:
+    """Chu's Freeze (frozen_head) and Tune (finetune_all at 0.2x, after as many head-only steps), per setting
+    (rate, steps, schedule) and seed, with a validation split (notebook 08_domain_distance)."""
     freeze, tune = runs.parse_topology("frozen_head"), runs.parse_topology("finetune_all")
-    return {"freeze": [runs.make_run(spec, freeze, s, **common) for s in seeds],
-            "tune": [runs.make_run(spec, tune, s, backbone_lr_factor=CHU_TUNE_FACTOR, head_steps=steps, **common)
-                     for s in seeds]}
+    out: dict[str, dict[tuple[float, int, str], list[runs.RunSpec]]] = {"freeze": {}, "tune": {}}
+    for lr, n, kind in itertools.product(rates, steps, schedules):
+        common = dict(backbone=backbone, image_size=image_size, per_class=per_class, test_per_class=test_per_class,
+                      lr=lr, steps=n, schedule=kind, val_fraction=VERIFY_VAL_FRACTION)
+        out["freeze"][(lr, n, kind)] = [runs.make_run(spec, freeze, s, **common) for s in seeds]
+        out["tune"][(lr, n, kind)] = [runs.make_run(spec, tune, s, backbone_lr_factor=CHU_TUNE_FACTOR, head_steps=n,
+                                                    **common) for s in seeds]
+    return out
+
+
+def _grid(values: float | Sequence[float], name: str, cast) -> list:
+    """A setting or a list of them, checked: positive, at least one."""
+    out = [cast(v) for v in (values if isinstance(values, (list, tuple, range)) else [values])]
+    if not out or any(not v > 0 for v in out):
+        raise ValueError(f"verify: {name} must be one or more positive numbers, got {values!r}")
+    return sorted(set(out))
 
 
 def verify(spec: str, recommendation: Recommendation, per_class: int | None = None, image_size: int = 128,
-           seeds: Sequence[int] = (0, 1), test_per_class: int | None = 20, steps: int = 40, lr: float = 0.01,
-           runner: Runner | None = None) -> Verification:
-    """Train Chu's Freeze and Tune on the same test images and compare them with ``evaluation.compare``.
+           seeds: Sequence[int] = (0, 1), test_per_class: int | None = 20,
+           steps: int | Sequence[int] = VERIFY_STEPS, lr: float | Sequence[float] = VERIFY_RATES,
+           schedule: str | Sequence[str] = ("step",), runner: Runner | None = None) -> Verification:
+    """Train Chu's Freeze and Tune, choose each side's rate, steps and schedule (``training.SCHEDULES``; Caffe's
+    step decay by default) on validation, and compare the chosen runs on the same test images with
+    ``evaluation.compare``.
 
-    Each seed resamples the ``per_class`` training images (default: the recommendation's); the test images
-    are the same for every seed and side, so the comparison is paired. A small budget by default: a
-    verdict says what this budget shows, not what a converged run would (notebook 08_domain_distance).
+    Each seed resamples the ``per_class`` images (default: the recommendation's), a fifth of which are held out
+    for validation; the test images are the same for every seed, side and setting, so the comparison is paired.
+    A side is chosen by its mean validation accuracy over the seeds (ties: the smaller rate, then fewer steps,
+    then the schedule listed first);
+    ``still_rising`` flags a side that may need more steps (notebook 08_domain_distance).
     """
     per_class = int(per_class or recommendation.images_per_class)
+    rates, budgets = _grid(lr, "lr", float), _grid(steps, "steps", int)
+    schedules = [schedule] if isinstance(schedule, str) else list(dict.fromkeys(schedule))
+    if not schedules or any(kind not in training.SCHEDULES for kind in schedules):
+        raise ValueError(f"verify: schedule must be one or more of {training.SCHEDULES}, got {schedule!r}")
     runner = runner or Runner(recommendation.backbone, image_size=image_size)
-    plan = verify_runs(runs.resolve_dataset(spec), [int(s) for s in seeds], per_class, image_size, steps, lr,
-                       test_per_class, recommendation.backbone)
-    accuracy: dict[str, list[float]] = {"freeze": [], "tune": []}
-    correct: dict[str, list[np.ndarray]] = {"freeze": [], "tune": []}
-    for name, specs in plan.items():
-        for run in specs:
-            report = runner.run(run)
-            labels = runner.split(run).test.labels
-            if report.get("diverged"):
-                raise ValueError(f"verify: {name} diverged at lr {lr:g} ({report.get('reason')}); try a smaller --lr")
-            correct[name].append(np.asarray(report["predictions"]) == labels)
-            accuracy[name].append(float(report["accuracy"]))
+    plan = verify_runs(runs.resolve_dataset(spec), [int(s) for s in seeds], per_class, image_size, budgets, rates,
+                       schedules, test_per_class, recommendation.backbone)
+    chosen, validation, accuracy, correct, curves = {}, {}, {}, {}, {}
+    for side, settings in plan.items():
+        reports = {key: [runner.run(run, history=max(1, key[1] // 5)) for run in specs] for key, specs in settings.items()}
+        val = {key: -1.0 if any(r.get("diverged") for r in got) else float(np.mean([r.get("val_accuracy") or 0.0
+                                                                                  for r in got]))
+               for key, got in reports.items()}  # a setting that diverged for any seed is never chosen
+        validation[side] = [{"lr": r, "steps": n, "schedule": k, "val_accuracy": v} for (r, n, k), v in val.items()]
+        key = max(val, key=lambda k: (val[k], -k[0], -k[1], -schedules.index(k[2])))
+        if any(r.get("diverged") for r in reports[key]):
+            raise ValueError(f"verify: {side} diverged at every rate tried ({', '.join(f'{r:g}' for r in rates)}); "
+                             f"try smaller rates with --verify-lr")
+        chosen[side] = {"lr": key[0], "steps": key[1], "schedule": key[2]}
+        labels = runner.split(settings[key][0]).test.labels
+        correct[side] = [np.asarray(r["predictions"]) == labels for r in reports[key]]
+        accuracy[side] = [float(r["accuracy"]) for r in reports[key]]
+        curves[side] = reports[key][0].get("history", {})
     comparison = evaluation.compare(np.array(correct["tune"]), np.array(correct["freeze"]), names=("tune", "freeze"))
-    return Verification(recommendation.chu_advice, accuracy, comparison, per_class, image_size, steps,
-                        [int(s) for s in seeds])
+    return Verification(recommendation.chu_advice, accuracy, comparison, per_class, image_size,
+                        [int(s) for s in seeds], chosen, validation, curves)

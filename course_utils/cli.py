@@ -135,10 +135,16 @@ def _add_recommend(sub) -> None:
                                                          "the noise rule (offered when his advice is 'try both')")
     for flag, low, high, default, what in (("--verify-size", *checks.IMAGE_SIZE, 128, "image size (small budget)"),
                                            ("--verify-seeds", 1, 100, 2, "training seeds per method"),
-                                           ("--verify-steps", 1, 10**6, 40, "SGD updates for each method"),
                                            ("--test-per-class", 1, None, 20, "test images per class")):
         p.add_argument(flag, type=checks.number(flag, low, high, integer=True), default=default,
                        help=f"--verify: {what}")
+    p.add_argument("--verify-steps", type=checks.number("--verify-steps", 1, 10**6, integer=True), nargs="+",
+                   default=[40, 120], help="--verify: the budgets (SGD updates) validation chooses from")
+    p.add_argument("--verify-lr", type=checks.number("--verify-lr", 0, checks.LR_MAX, low_open=True), nargs="+",
+                   default=[0.01, 0.001], help="--verify: the new classifier's rates validation chooses from "
+                                               "(Tune's copied layers train at 0.2x)")
+    p.add_argument("--verify-schedule", choices=("constant", "step", "cosine"), nargs="+", default=["step"],
+                   help="--verify: the learning-rate schedules validation chooses from")
     p.set_defaults(func=cmd_recommend)
 
 

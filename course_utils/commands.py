@@ -214,7 +214,8 @@ def cmd_recommend(args: argparse.Namespace) -> int:
     if args.verify:
         check = advice.verify(args.data, rec, per_class=args.per_class, image_size=args.verify_size,
                               seeds=range(args.verify_seeds), test_per_class=args.test_per_class,
-                              steps=args.verify_steps)
+                              steps=args.verify_steps, lr=args.verify_lr,
+                              schedule=args.verify_schedule)
         say(check.describe())
         result["verify"] = check.to_dict()
     if to_stdout:

@@ -102,7 +102,8 @@ NUMERIC_FLAGS = {  # command -> {flag: (low, high, whole number, low excluded)}
     "recommend": {"--per-class": (1, None, True, False), "--size": (32, 1024, True, False),
                   "--sample-per-class": (1, None, True, False), "--seed": (0, 2**32 - 1, True, False),
                   "--verify-size": (32, 1024, True, False), "--verify-seeds": (1, 100, True, False),
-                  "--verify-steps": (1, 10**6, True, False), "--test-per-class": (1, None, True, False)},
+                  "--verify-steps": (1, 10**6, True, False), "--verify-lr": (0, 10, False, True),
+                  "--test-per-class": (1, None, True, False)},
     "demo": {"--per-class": (1, None, True, False)},
 }
 
@@ -144,6 +145,7 @@ def test_fuzz_numeric_flags_give_a_result_or_one_error_line(monkeypatch, capsys)
                 if _in_range(text, low, high, whole, low_open):
                     assert code == 0 and len(reached) == 1, (command, flag, text, err)
                     value = getattr(reached[0], flag.lstrip("-").replace("-", "_"))
+                    value = value[0] if isinstance(value, list) else value  # a flag taking several values
                     assert math.isfinite(value) and value == float(text)
                 else:
                     line = error_line(code, err)

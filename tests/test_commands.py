@@ -192,6 +192,8 @@ def test_recommend_prints_writes_json_and_verifies(image_tree, tmp_path, capsys)
         assert line in text, text
     result = json.loads(out.read_text())
     assert result["images_per_class"] == 6 and 0 <= result["calibrated_distance"] <= 1
-    assert result["verify"]["comparison"]["test"] == "exact McNemar" and result["verify"]["steps"] == 4
+    assert result["verify"]["comparison"]["test"] == "exact McNemar"
+    assert {side: pick["steps"] for side, pick in result["verify"]["chosen"].items()} == {"freeze": 4, "tune": 4}
+    assert len(result["verify"]["validation"]["tune"]) == 2  # the default two rates, chosen on validation
     assert set(result["verify"]["accuracy"]) == {"freeze", "tune"}
 

@@ -2,17 +2,26 @@
 
     python -m course_utils sweep configs/findings_near.yaml --data ../shared/data/flowers_large
     python -m course_utils sweep configs/findings_far.yaml --data ../shared/data/eurosat
-    python tools/findings.py [--near FILE] [--far FILE] [--out docs/findings.md]
+    python tools/findings.py [--near FILE] [--far FILE] [--measured FILE] [--out docs/findings.md]
 
-Every choice (the learning rate of each topology, per data size and domain) is made on the validation split
-(`val_accuracy`, the mean over seeds); the test set is read once, for the chosen run. Every verdict is the
+The stores the committed page was written from are in docs/findings_data/ (gzipped JSONL, per-image test
+predictions included), so the page can be checked and rewritten without training:
+
+    python tools/findings.py --near docs/findings_data/findings_near.jsonl.gz \
+        --far docs/findings_data/findings_far.jsonl.gz --measured docs/findings_data/findings_measured.json
+
+Every choice (the learning rate of each topology, per data size and domain; for Chu's Freeze and Tune also the
+number of steps and the schedule) is made on the validation split (`val_accuracy`, the mean over seeds); the
+test set is read once, for the chosen run. Every verdict is the
 course's one noise rule, `evaluation.compare`, on the same test images with the seeds paired.
 """
 
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 DOMAINS = {"near": "findings_near", "far": "findings_far"}
 FREEZE, TUNE, LAST2, SVM = "Freeze F(1-7)R(8)", "Tune T(1-7)R(8)", "last2", "svm"
 SIZES = (10, 50, 300)
+CHU = ("chu", "chu_budget_freeze", "chu_budget_tune")  # Freeze and Tune: rate, steps and schedule on validation
 CHU_CELLS = {  # Chu et al. 2016, Table 3, verbatim; our near domain is "medium" distance, far is "high"
     ("near", 10): "Try Freeze or Tune", ("near", 50): "Tune", ("near", 300): "Tune",
     ("far", 10): "Try Freeze or Tune", ("far", 50): "Tune", ("far", 300): "Tune",
@@ -44,40 +54,81 @@ class Store:
     """One domain's rows, by experiment (``runs.experiment_runs``), with validation-chosen runs."""
 
     def __init__(self, domain: str, path: Path) -> None:
-        self.domain, self.rows = domain, results.load_results(path)
+        self.domain, self.rows = domain, read_rows(path)
+        if not self.rows:
+            raise SystemExit(f"error: no results in {path}. Run `python -m course_utils sweep "
+                             f"configs/{DOMAINS[domain]}.yaml --data ...` first, or pass --{domain} "
+                             f"docs/findings_data/{DOMAINS[domain]}.jsonl.gz (the committed store).")
         dataset = self.rows[0]["run"]["dataset"] if self.rows else None  # the sweep's --data
         config = runs.load_config(ROOT / "configs" / f"{DOMAINS[domain]}.yaml", data=dataset)
         ids = {row["id"] for row in self.rows}
         self.experiments = {name: [r for r in self.rows if r["id"] in {run.identity for run in members}]
                             for name, members in runs.experiment_runs(config).items()}
         self.missing = sum(run.identity not in ids for run in runs.expand(config))
+        self.seeds = set(config.seeds)
 
-    def pick(self, experiment: str, topology: str, **fixed: Any) -> list[dict]:
-        """The seeds' rows of the setting with the best mean validation accuracy over every lr (and steps) tried;
-        a tie goes to the smaller rate, then to the shorter run."""
-        rows = results.select(self.experiments.get(experiment, []), topology=topology, **fixed)
+    def rows_of(self, experiments: str | tuple[str, ...]) -> list[dict]:
+        """The rows of one experiment, or of several (each row once)."""
+        names = (experiments,) if isinstance(experiments, str) else experiments
+        unique = {row["id"]: row for name in names for row in self.experiments.get(name, [])}
+        return list(unique.values())
+
+    def settings(self, experiments: str | tuple[str, ...], topology: str, **fixed: Any) -> dict[tuple, list[dict]]:
+        """The seeds' rows of each (lr, steps, schedule) that ``topology`` was run at with every seed."""
         groups: dict[tuple, list[dict]] = {}
-        for row in rows:
-            groups.setdefault((row["run"]["lr"], row["run"]["steps"]), []).append(row)
+        for row in results.select(self.rows_of(experiments), topology=topology, **fixed):
+            run = row["run"]
+            groups.setdefault((run["lr"], run["steps"], (run.get("schedule") or {}).get("kind")), []).append(row)
+        return {key: rows for key, rows in groups.items() if {r["run"]["seed"] for r in rows} == self.seeds}
+
+    def pick(self, experiments: str | tuple[str, ...], topology: str, **fixed: Any) -> list[dict]:
+        """The seeds' rows of the setting with the best mean validation accuracy over every rate, number of
+        steps and schedule tried; a tie goes to the smaller rate, then to the shorter run."""
+        groups = self.settings(experiments, topology, **fixed)
         if not groups:
-            raise NotRun(f"{self.domain}: no {topology} runs in {experiment} {fixed}")
-        val = {key: np.mean([r.get("val_accuracy") or 0.0 for r in group]) for key, group in groups.items()}
-        return groups[max(val, key=lambda key: (val[key], -(key[0] or 0), -(key[1] or 0)))]  # ties: the smaller rate
+            raise NotRun(f"{self.domain}: no {topology} runs in {experiments} {fixed}")
+        val = {key: val_mean(group) for key, group in groups.items()}
+        return groups[max(val, key=lambda key: (val[key], -(key[0] or 0), -(key[1] or 0)))]
 
     def compare(self, a: list[dict], b: list[dict], names: tuple[str, str]) -> evaluation.Comparison:
         return evaluation.compare(results.correct(a), results.correct(b), names=names)
 
 
-def reproduce(domain: str, experiment: str) -> str:
-    """Which sweep and experiment a row comes from (the commands are at the top of the page)."""
-    return f"`{DOMAINS[domain]}.yaml`, `{experiment}`"
+def read_rows(path: Path) -> list[dict]:
+    """A store's rows; a ``.jsonl.gz`` (the stores in docs/findings_data/) is read through a plain copy."""
+    if path.suffix != ".gz":
+        return results.load_results(path)
+    with tempfile.TemporaryDirectory() as tmp:
+        plain = Path(tmp) / path.stem
+        plain.write_bytes(gzip.decompress(path.read_bytes()))
+        return results.load_results(plain)
 
 
-def acc(rows: list[dict]) -> str:
-    """Mean test accuracy of the chosen rows and the rate chosen on validation."""
+def val_mean(rows: list[dict]) -> float:
+    """Mean validation accuracy over the seeds' rows (what every choice on this page maximises)."""
+    return float(np.mean([r.get("val_accuracy") or 0.0 for r in rows]))
+
+
+def reproduce(domain: str, experiment: str | tuple[str, ...]) -> str:
+    """Which sweep and experiment(s) a row comes from (the commands are at the top of the page)."""
+    names = (experiment,) if isinstance(experiment, str) else experiment
+    shown = ("chu", "chu_budget_*") if names == CHU else names
+    return f"`{DOMAINS[domain]}.yaml`, " + " + ".join(f"`{name}`" for name in shown)
+
+
+def describe(run: dict, steps: bool = False) -> str:
+    """A run's rate, and with ``steps`` its number of steps and schedule: "lr 0.001, 1000 steps, cosine"."""
+    if run["lr"] is None:
+        return ""
+    text = f"lr {run['lr']:g}"
+    return text + (f", {run['steps']} steps, {(run.get('schedule') or {}).get('kind', 'constant')}" if steps else "")
+
+
+def acc(rows: list[dict], steps: bool = False) -> str:
+    """Mean test accuracy of the chosen rows and what was chosen on validation."""
     values = [r["accuracy"] if r["accuracy"] is not None else 0.0 for r in rows]
-    lr = rows[0]["run"]["lr"]
-    return f"{np.mean(values):.3f}" + (f" (lr {lr:g})" if lr is not None else "")
+    chosen = describe(rows[0]["run"], steps)
+    return f"{np.mean(values):.3f}" + (f" ({chosen})" if chosen else "")
 
 
 def verdict(c: evaluation.Comparison) -> str:
@@ -88,18 +139,44 @@ def chu_rows(stores: dict[str, Store]) -> list[list[str]]:
     """Freeze vs Tune in each of the six cells we can fill (near = medium distance, far = high)."""
     out = []
     for (domain, n), entry in CHU_CELLS.items():
+        if domain not in stores:
+            continue
         s = stores[domain]
         try:
-            freeze, tune = s.pick("chu", FREEZE, per_class=n), s.pick("chu", TUNE, per_class=n)
+            freeze, tune = s.pick(CHU, FREEZE, per_class=n), s.pick(CHU, TUNE, per_class=n)
         except NotRun:
-            out.append([f"Chu Table 3, {domain} x {n}/class", f"**{entry}**", "not run yet", "", "", reproduce(domain, "chu")])
+            out.append([f"Chu Table 3, {domain} x {n}/class", f"**{entry}**", "not run yet", "", "", reproduce(domain, CHU)])
             continue
         c = s.compare(tune, freeze, ("Tune", "Freeze"))
         agrees = {"Tune": c.verdict == "Tune better", "Freeze": c.verdict != "Tune better"}.get(entry, True)
         out.append([f"Chu Table 3, {domain} x {n}/class", f"**{entry}**",
-                    f"Freeze {acc(freeze)}, Tune {acc(tune)}", verdict(c),
+                    f"Freeze {acc(freeze, steps=True)}; Tune {acc(tune, steps=True)}", verdict(c),
                     "agrees" if agrees else ("not shown (within noise)" if not c.significant else "differs"),
-                    reproduce(domain, "chu")])
+                    reproduce(domain, CHU)])
+    return out
+
+
+def budget_rows(stores: dict[str, Store]) -> list[list[str]]:
+    """Freeze and Tune in each Chu cell: validation accuracy at every (rate, steps, schedule) tried, the
+    setting validation chose, and how much the longer run (1000 steps) added on validation at that rate and
+    schedule: the convergence check, made without the test set."""
+    out = []
+    for domain, s in stores.items():
+        for n in SIZES:
+            for name in (FREEZE, TUNE):
+                groups = s.settings(CHU, name, per_class=n)
+                if not groups:
+                    out.append([f"{domain} x {n}/class", name.split()[0], "not run yet", "", "", reproduce(domain, CHU)])
+                    continue
+                tried = "; ".join(f"{lr:g}/{steps}/{kind}: {val_mean(rows):.3f}"
+                                  for (lr, steps, kind), rows in sorted(groups.items(), key=lambda kv: (-kv[0][0], kv[0][1:])))
+                chosen = s.pick(CHU, name, per_class=n)
+                lr, steps, kind = (chosen[0]["run"]["lr"], chosen[0]["run"]["steps"],
+                                   chosen[0]["run"]["schedule"]["kind"])
+                short, long_ = groups.get((lr, 300, kind)), groups.get((lr, 1000, kind))
+                more = f"{val_mean(long_) - val_mean(short):+.3f}" if short and long_ else "-"
+                out.append([f"{domain} x {n}/class", name.split()[0], tried, describe(chosen[0]["run"], steps=True),
+                            more, reproduce(domain, CHU)])
     return out
 
 
@@ -113,9 +190,33 @@ def pair_rows(stores, label, experiment, a, b, sizes=SIZES, **fixed) -> list[lis
             except NotRun:
                 out.append([f"{label}, {domain} x {n}/class", "not run yet", "", "", reproduce(domain, experiment)])
                 continue
-            out.append([f"{label}, {domain} x {n}/class", f"{a} {acc(ra)}", f"{b} {acc(rb)}",
+            steps = experiment == CHU  # the Chu grids also choose steps and schedule: say which
+            out.append([f"{label}, {domain} x {n}/class", f"{a} {acc(ra, steps)}", f"{b} {acc(rb, steps)}",
                         verdict(s.compare(ra, rb, (a, b))), reproduce(domain, experiment)])
     return out
+
+
+def budget_summary(stores: dict[str, Store]) -> str:
+    """How often validation chose the longest budget, and the most the longer run added on validation."""
+    longest, gains, n = 0, [], 0
+    for domain, s in stores.items():
+        for size in SIZES:
+            for name in (FREEZE, TUNE):
+                groups = s.settings(CHU, name, per_class=size)
+                if not groups:
+                    continue
+                run = s.pick(CHU, name, per_class=size)[0]["run"]
+                lr, kind, n = run["lr"], run["schedule"]["kind"], n + 1
+                longest += run["steps"] == max(steps for _, steps, _ in groups)
+                if (lr, 300, kind) in groups and (lr, 1000, kind) in groups:
+                    gain = val_mean(groups[(lr, 1000, kind)]) - val_mean(groups[(lr, 300, kind)])
+                    gains.append((gain, f"{domain} x {size}/class, {name.split()[0]}"))
+    if not gains:
+        return "No setting has both budgets yet."
+    top, where = max(gains)
+    return (f"Validation chose the longest budget (1000 steps) in {longest} of these {n} settings. At the chosen "
+            f"rate and schedule, 1000 steps added at most {top:+.3f} on validation over 300 ({where}); no "
+            f"longer run was tried, so where 1000 steps won, convergence is shown only that far.")
 
 
 def rate_rows(stores: dict[str, Store], topology: str = TUNE) -> list[list[str]]:
@@ -154,16 +255,16 @@ def axis_rows(stores: dict[str, Store], experiment: str, axis: str, values: tupl
 
 
 def cost_rows(stores: dict[str, Store]) -> list[list[str]]:
-    """What the Chu grid's runs cost here: mean seconds per run by topology (2-core CPU, shared)."""
+    """What the Chu grids' runs cost here: mean seconds per run by topology and steps (2-core CPU, shared)."""
     out = []
     for domain, s in stores.items():
-        rows = s.experiments.get("chu", [])
+        rows = s.rows_of(CHU)
         for name in (FREEZE, LAST2, TUNE, SVM):
             mine = results.select(rows, topology=name)
-            if mine:
-                paths = sorted({r["path"] for r in mine})
-                out.append([domain, name, f"{np.mean([r['seconds'] for r in mine]):.1f}", ", ".join(paths),
-                            str(len(mine))])
+            for steps in sorted({r["run"]["steps"] or 0 for r in mine}):
+                these = [r for r in mine if (r["run"]["steps"] or 0) == steps]
+                out.append([domain, name, str(steps or "-"), f"{np.mean([r['seconds'] for r in these]):.1f}",
+                            ", ".join(sorted({r["path"] for r in these})), str(len(these))])
     return out
 
 
@@ -174,7 +275,7 @@ def measure(stores: dict[str, Store], cache: Path) -> dict:
         return json.loads(cache.read_text(encoding="utf-8"))
     got: dict = {}
     for domain, s in stores.items():
-        chosen = {name: min(s.pick("chu", name, per_class=50), key=lambda r: r["run"]["seed"]) for name in (FREEZE, TUNE)}
+        chosen = {name: min(s.pick(CHU, name, per_class=50), key=lambda r: r["run"]["seed"]) for name in (FREEZE, TUNE)}
         spec = runs.RunSpec.from_dict(chosen[TUNE]["run"])
         runner = Runner(spec.backbone, spec.weights, spec.image_size)
         got[domain] = {}
@@ -205,8 +306,19 @@ def curves_figure(measured: dict, path: Path) -> str:
     fig.savefig(path, dpi=80)
     plt.close(fig)
     same = all(abs(r["accuracy"] - r["stored_accuracy"]) < 1e-9 for d in measured.values() for r in d.values())
-    return (f"![Freeze and Tune learning curves, 50 per class, seed 0]({path.name})\n\nThe reruns give the stored "
-            f"test accuracies {'exactly' if same else 'NOT exactly (look into it)'}.")
+    return (f"![Freeze and Tune learning curves, 50 per class, seed 0]({path.name})\n\n{flatness(measured)} The "
+            f"reruns give the stored test accuracies {'exactly' if same else 'NOT exactly (look into it)'}.")
+
+
+def flatness(measured: dict) -> str:
+    """How much each rerun's validation accuracy still moved over the last third of its steps."""
+    parts = []
+    for domain, runs_ in measured.items():
+        for name, run in runs_.items():
+            steps, val = np.asarray(run["history"]["step"]), np.asarray(run["history"]["val_accuracy"])
+            tail = val[steps >= steps[-1] * 2 / 3]
+            parts.append(f"{domain} {name.split()[0]} ({steps[-1]} steps) {tail.min():.3f}-{tail.max():.3f}")
+    return "Validation accuracy over the last third of each run: " + "; ".join(parts) + "."
 
 
 def change_table(measured: dict) -> str:
@@ -236,6 +348,9 @@ def main(argv: list[str] | None = None) -> int:
     sections = {
         "chu": table(["cell", "Chu's entry", "ours (test, rate chosen on validation)", "noise rule", "holds?",
                       "reproduce"], chu_rows(stores)),
+        "budget": table(["setting", "side", "validation accuracy by lr/steps/schedule (mean over seeds)",
+                         "chosen on validation", "1000 vs 300 steps (validation)", "reproduce"], budget_rows(stores)),
+        "budget_summary": budget_summary(stores),
         "tune_rates": table(["setting", "Tune at each rate (mean over seeds)", "chosen on validation", "reproduce"],
                             rate_rows(stores)),
         "all_vs_last2": table(["setting", "all layers", "last two blocks", "noise rule", "reproduce"],
@@ -245,7 +360,7 @@ def main(argv: list[str] | None = None) -> int:
         "svm": table(["setting", "linear SVM", "last two blocks fine-tuned", "noise rule", "reproduce"],
                      pair_rows(stores, "F. Yu", "chu", SVM, LAST2)),
         "svm_tune": table(["setting", "linear SVM", "every layer fine-tuned (Tune)", "noise rule", "reproduce"],
-                          pair_rows(stores, "F. Yu", "chu", SVM, TUNE)),
+                          pair_rows(stores, "F. Yu", CHU, SVM, TUNE)),
         "lr": table(["domain", "test accuracy by base rate", "best on validation", "best vs 0.0001", "reproduce"],
                     axis_rows(stores, "maybury_lr", "lr", (0.1, 0.01, 0.001, 0.0001),
                               lambda best: [(best, 0.0001)] if best != 0.0001 else [])),
@@ -258,7 +373,7 @@ def main(argv: list[str] | None = None) -> int:
                                 for ext in ("FT3-ex1-64", "FT3-ex1-512", "FT3-ex2-64")),
         "curves": curves_figure(measured, args.out.with_name("findings_curves.png")),
         "weight_change": change_table(measured),
-        "cost": table(["domain", "topology", "seconds per run", "path", "runs"], cost_rows(stores)),
+        "cost": table(["domain", "topology", "steps", "seconds per run", "path", "runs"], cost_rows(stores)),
         "missing": ", ".join(f"{d}: {s.missing}" for d, s in stores.items()),
     }
     template = (ROOT / "tools" / "findings_template.md").read_text(encoding="utf-8")
