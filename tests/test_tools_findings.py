@@ -73,7 +73,7 @@ def test_a_setting_missing_a_seed_is_never_chosen(tmp_path):
     rows = [r for r in rows if r["run"]["steps"] != 1000 or r["run"]["schedule"]["kind"] != "step"]
     rows.append(row(lonely, test=0.99, val=1.0))  # the best on validation, but seed 1 has not run yet
     store = write(tmp_path, rows)
-    assert (0.001, 1000, "step") not in store.settings(findings.CHU, findings.TUNE, per_class=50)
+    assert (0.001, 1000, "step") not in store.by_setting(findings.CHU, findings.TUNE, per_class=50)
     chosen = store.pick(findings.CHU, findings.TUNE, per_class=50)
     assert (chosen[0]["run"]["steps"], chosen[0]["run"]["schedule"]["kind"]) != (1000, "step")
     assert store.missing > 0

@@ -23,7 +23,7 @@ import gzip
 import json
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -73,7 +73,7 @@ class Store:
         unique = {row["id"]: row for name in names for row in self.experiments.get(name, [])}
         return list(unique.values())
 
-    def settings(self, experiments: str | tuple[str, ...], topology: str, **fixed: Any) -> dict[tuple, list[dict]]:
+    def by_setting(self, experiments: str | tuple[str, ...], topology: str, **fixed: Any) -> dict[tuple, list[dict]]:
         """The seeds' rows of each (lr, steps, schedule) that ``topology`` was run at with every seed."""
         groups: dict[tuple, list[dict]] = {}
         for row in results.select(self.rows_of(experiments), topology=topology, **fixed):
@@ -84,7 +84,7 @@ class Store:
     def pick(self, experiments: str | tuple[str, ...], topology: str, **fixed: Any) -> list[dict]:
         """The seeds' rows of the setting with the best mean validation accuracy over every rate, number of
         steps and schedule tried; a tie goes to the smaller rate, then to the shorter run."""
-        groups = self.settings(experiments, topology, **fixed)
+        groups = self.by_setting(experiments, topology, **fixed)
         if not groups:
             raise NotRun(f"{self.domain}: no {topology} runs in {experiments} {fixed}")
         val = {key: val_mean(group) for key, group in groups.items()}
@@ -156,27 +156,45 @@ def chu_rows(stores: dict[str, Store]) -> list[list[str]]:
     return out
 
 
+class Budget(NamedTuple):
+    """One side in one Chu cell: every (rate, steps, schedule) tried, the chosen run, and what 1000 steps added
+    over 300 on validation at the chosen rate and schedule (None when one of the two was not run)."""
+
+    groups: dict[tuple, list[dict]]
+    chosen: dict
+    gain: float | None
+
+
+def budgets(stores: dict[str, Store]) -> dict[tuple[str, int, str], Budget | None]:
+    """Each (domain, images per class, side) of the Chu grids: its ``Budget``, or None when not run yet."""
+    out: dict[tuple[str, int, str], Budget | None] = {}
+    for domain, s in stores.items():
+        for n in SIZES:
+            for name in (FREEZE, TUNE):
+                groups = s.by_setting(CHU, name, per_class=n)
+                if not groups:
+                    out[domain, n, name] = None
+                    continue
+                run = s.pick(CHU, name, per_class=n)[0]["run"]
+                short, long_ = (groups.get((run["lr"], steps, run["schedule"]["kind"])) for steps in (300, 1000))
+                out[domain, n, name] = Budget(groups, run, val_mean(long_) - val_mean(short) if short and long_ else None)
+    return out
+
+
 def budget_rows(stores: dict[str, Store]) -> list[list[str]]:
     """Freeze and Tune in each Chu cell: validation accuracy at every (rate, steps, schedule) tried, the
     setting validation chose, and how much the longer run (1000 steps) added on validation at that rate and
     schedule: the convergence check, made without the test set."""
     out = []
-    for domain, s in stores.items():
-        for n in SIZES:
-            for name in (FREEZE, TUNE):
-                groups = s.settings(CHU, name, per_class=n)
-                if not groups:
-                    out.append([f"{domain} x {n}/class", name.split()[0], "not run yet", "", "", reproduce(domain, CHU)])
-                    continue
-                tried = "; ".join(f"{lr:g}/{steps}/{kind}: {val_mean(rows):.3f}"
-                                  for (lr, steps, kind), rows in sorted(groups.items(), key=lambda kv: (-kv[0][0], kv[0][1:])))
-                chosen = s.pick(CHU, name, per_class=n)
-                lr, steps, kind = (chosen[0]["run"]["lr"], chosen[0]["run"]["steps"],
-                                   chosen[0]["run"]["schedule"]["kind"])
-                short, long_ = groups.get((lr, 300, kind)), groups.get((lr, 1000, kind))
-                more = f"{val_mean(long_) - val_mean(short):+.3f}" if short and long_ else "-"
-                out.append([f"{domain} x {n}/class", name.split()[0], tried, describe(chosen[0]["run"], steps=True),
-                            more, reproduce(domain, CHU)])
+    for (domain, n, name), b in budgets(stores).items():
+        where = [f"{domain} x {n}/class", name.split()[0]]
+        if b is None:
+            out.append(where + ["not run yet", "", "", reproduce(domain, CHU)])
+            continue
+        tried = "; ".join(f"{lr:g}/{steps}/{kind}: {val_mean(rows):.3f}"
+                          for (lr, steps, kind), rows in sorted(b.groups.items(), key=lambda kv: (-kv[0][0], kv[0][1:])))
+        out.append(where + [tried, describe(b.chosen, steps=True), "-" if b.gain is None else f"{b.gain:+.3f}",
+                            reproduce(domain, CHU)])
     return out
 
 
@@ -198,24 +216,15 @@ def pair_rows(stores, label, experiment, a, b, sizes=SIZES, **fixed) -> list[lis
 
 def budget_summary(stores: dict[str, Store]) -> str:
     """How often validation chose the longest budget, and the most the longer run added on validation."""
-    longest, gains, n = 0, [], 0
-    for domain, s in stores.items():
-        for size in SIZES:
-            for name in (FREEZE, TUNE):
-                groups = s.settings(CHU, name, per_class=size)
-                if not groups:
-                    continue
-                run = s.pick(CHU, name, per_class=size)[0]["run"]
-                lr, kind, n = run["lr"], run["schedule"]["kind"], n + 1
-                longest += run["steps"] == max(steps for _, steps, _ in groups)
-                if (lr, 300, kind) in groups and (lr, 1000, kind) in groups:
-                    gain = val_mean(groups[(lr, 1000, kind)]) - val_mean(groups[(lr, 300, kind)])
-                    gains.append((gain, f"{domain} x {size}/class, {name.split()[0]}"))
+    found = {key: b for key, b in budgets(stores).items() if b is not None}
+    gains = [(b.gain, f"{domain} x {n}/class, {name.split()[0]}") for (domain, n, name), b in found.items()
+             if b.gain is not None]
     if not gains:
         return "No setting has both budgets yet."
+    longest = sum(b.chosen["steps"] == max(steps for _, steps, _ in b.groups) for b in found.values())
     top, where = max(gains)
-    return (f"Validation chose the longest budget (1000 steps) in {longest} of these {n} settings. At the chosen "
-            f"rate and schedule, 1000 steps added at most {top:+.3f} on validation over 300 ({where}); no "
+    return (f"Validation chose the longest budget (1000 steps) in {longest} of these {len(found)} settings. At the "
+            f"chosen rate and schedule, 1000 steps added at most {top:+.3f} on validation over 300 ({where}); no "
             f"longer run was tried, so where 1000 steps won, convergence is shown only that far.")
 
 
