@@ -38,7 +38,7 @@ CHU_TUNE_FACTOR = 0.2  # "setting the learning rate to 0.2 times that of random 
 WIDE_MARGIN = 0.10  # Tune losing to Freeze by more than this is first suspected of being under-trained
 VERIFY_RATES = (0.01, 0.001)  # the new classifier's rates verify chooses from (Tune's copied layers: 0.2x)
 VERIFY_STEPS = (40, 120)  # the budgets verify chooses from (Tune: as many head-only steps first)
-VERIFY_VAL_FRACTION = 0.2  # of the training images, held out to choose the rate and steps
+VERIFY_VAL_FRACTION = 0.2  # of the training images, held out to choose the rate, steps and schedule
 CHU_TEXT = {
     "freeze": "Freeze (F(1-7)R(8)): copy every pretrained layer, keep them frozen and train only the new "
               "classifier. Chu et al.: fine-tuning helps \"even with very few examples ... The exception being "
