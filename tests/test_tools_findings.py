@@ -96,13 +96,13 @@ def test_budget_rows_report_the_convergence_check_on_validation(tmp_path):
         val = {300: 0.70, 1000: 0.75}[run.steps] + (0.01 if run.schedule.kind == "cosine" else 0.0)
         rows.append(row(run, test=0.9, val=val))
     rows += [row(run, test=0.9, val=0.6) for run in chu_runs(tmp_path, findings.FREEZE)]
-    table = {(r[0], r[1]): r for r in findings.budget_rows({"near": write(tmp_path, rows)})}
+    table = {(r[0], r[1]): r for r in findings.budget_rows(findings.budgets({"near": write(tmp_path, rows)}))}
     tune = table[("near x 50/class", "Tune")]
     assert tune[3] == "lr 0.001, 1000 steps, cosine"
     assert tune[4] == "+0.050"  # 1000 vs 300 steps, same rate and schedule, on validation
     assert "0.001/300/step: 0.700" in tune[2]
     assert table[("near x 10/class", "Freeze")][2] == "not run yet"
-    summary = findings.budget_summary({"near": write(tmp_path, rows)})
+    summary = findings.budget_summary(findings.budgets({"near": write(tmp_path, rows)}))
     assert "in 1 of these 2 settings" in summary and "at most +0.050" in summary and "near x 50/class, Tune" in summary
 
 

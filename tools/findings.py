@@ -59,7 +59,7 @@ class Store:
             raise SystemExit(f"error: no results in {path}. Run `python -m course_utils sweep "
                              f"configs/{DOMAINS[domain]}.yaml --data ...` first, or pass --{domain} "
                              f"docs/findings_data/{DOMAINS[domain]}.jsonl.gz (the committed store).")
-        dataset = self.rows[0]["run"]["dataset"] if self.rows else None  # the sweep's --data
+        dataset = self.rows[0]["run"]["dataset"]  # the sweep's --data
         config = runs.load_config(ROOT / "configs" / f"{DOMAINS[domain]}.yaml", data=dataset)
         ids = {row["id"] for row in self.rows}
         self.experiments = {name: [r for r in self.rows if r["id"] in {run.identity for run in members}]
@@ -181,12 +181,12 @@ def budgets(stores: dict[str, Store]) -> dict[tuple[str, int, str], Budget | Non
     return out
 
 
-def budget_rows(stores: dict[str, Store]) -> list[list[str]]:
+def budget_rows(found: dict[tuple[str, int, str], Budget | None]) -> list[list[str]]:
     """Freeze and Tune in each Chu cell: validation accuracy at every (rate, steps, schedule) tried, the
     setting validation chose, and how much the longer run (1000 steps) added on validation at that rate and
-    schedule: the convergence check, made without the test set."""
+    schedule: the convergence check, made without the test set. ``found``: ``budgets(stores)``."""
     out = []
-    for (domain, n, name), b in budgets(stores).items():
+    for (domain, n, name), b in found.items():
         where = [f"{domain} x {n}/class", name.split()[0]]
         if b is None:
             out.append(where + ["not run yet", "", "", reproduce(domain, CHU)])
@@ -214,9 +214,10 @@ def pair_rows(stores, label, experiment, a, b, sizes=SIZES, **fixed) -> list[lis
     return out
 
 
-def budget_summary(stores: dict[str, Store]) -> str:
-    """How often validation chose the longest budget, and the most the longer run added on validation."""
-    found = {key: b for key, b in budgets(stores).items() if b is not None}
+def budget_summary(budgets_: dict[tuple[str, int, str], Budget | None]) -> str:
+    """How often validation chose the longest budget, and the most the longer run added on validation
+    (``budgets_``: ``budgets(stores)``)."""
+    found = {key: b for key, b in budgets_.items() if b is not None}
     gains = [(b.gain, f"{domain} x {n}/class, {name.split()[0]}") for (domain, n, name), b in found.items()
              if b.gain is not None]
     if not gains:
@@ -240,7 +241,7 @@ def rate_rows(stores: dict[str, Store], topology: str = TUNE) -> list[list[str]]
             rates = sorted({r["run"]["lr"] for r in rows}, reverse=True)
             tried = "; ".join(
                 f"lr {lr:g}: test {np.mean([r['accuracy'] or 0 for r in rows if r['run']['lr'] == lr]):.3f}, "
-                f"validation {np.mean([r.get('val_accuracy') or 0 for r in rows if r['run']['lr'] == lr]):.3f}"
+                f"validation {val_mean([r for r in rows if r['run']['lr'] == lr]):.3f}"
                 for lr in rates)
             chosen = s.pick("chu", topology, per_class=n)[0]["run"]["lr"]
             out.append([f"{domain} x {n}/class", tried, f"{chosen:g}", reproduce(domain, "chu")])
@@ -257,7 +258,7 @@ def axis_rows(stores: dict[str, Store], experiment: str, axis: str, values: tupl
             out.append([domain, "not run yet", "", "", reproduce(domain, experiment)])
             continue
         tests = ", ".join(f"{v:g}: {np.mean([r['accuracy'] or 0 for r in by[v]]):.3f}" for v in values)
-        best = max(values, key=lambda v: (np.mean([r.get("val_accuracy") or 0 for r in by[v]]), -v))
+        best = max(values, key=lambda v: (val_mean(by[v]), -v))
         verdicts = [verdict(s.compare(by[a], by[b], (f"{a:g}", f"{b:g}"))) for a, b in pairs(best)]
         out.append([domain, tests, f"{best:g}", "; ".join(verdicts) or "-", reproduce(domain, experiment)])
     return out
@@ -354,12 +355,13 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     stores = {domain: Store(domain, getattr(args, domain)) for domain in DOMAINS}
     measured = measure(stores, args.measured)
+    found = budgets(stores)  # the Chu grids' choices, shared by the budget table and its summary
     sections = {
         "chu": table(["cell", "Chu's entry", "ours (test, rate chosen on validation)", "noise rule", "holds?",
                       "reproduce"], chu_rows(stores)),
         "budget": table(["setting", "side", "validation accuracy by lr/steps/schedule (mean over seeds)",
-                         "chosen on validation", "1000 vs 300 steps (validation)", "reproduce"], budget_rows(stores)),
-        "budget_summary": budget_summary(stores),
+                         "chosen on validation", "1000 vs 300 steps (validation)", "reproduce"], budget_rows(found)),
+        "budget_summary": budget_summary(found),
         "tune_rates": table(["setting", "Tune at each rate (mean over seeds)", "chosen on validation", "reproduce"],
                             rate_rows(stores)),
         "all_vs_last2": table(["setting", "all layers", "last two blocks", "noise rule", "reproduce"],
